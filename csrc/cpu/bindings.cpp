@@ -1,0 +1,18 @@
+// PYBIND11_MODULE(_C): thin. Each op registers its own functions; argument checks raise ValueError.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void register_measure(py::module_& m);        // csrc/cpu/measure.cpp
+void register_traj_length(py::module_& m);    // csrc/cpu/traj_length.cpp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastexpr fused CPU kernels (C++/OpenMP); see fastexpr.backends.cpu";
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  register_measure(m);
+  register_traj_length(m);
+}

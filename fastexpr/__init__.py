@@ -1,0 +1,28 @@
+"""fastexpr: fast expressivity measures of neural networks (Raghu et al., ICML 2017).
+
+Push a densely sampled trajectory x(t) through a network and count neuron transitions,
+activation-pattern changes, distinct patterns (linear regions) and the trajectory's length
+at every layer, with fused C++/CUDA kernels. Importing is cheap: backends load on first use.
+"""
+from .backends import available_backends, missing_backends
+from .measure import make_plan, measure
+from .network import Network, from_arrays, from_torch, random_mlp
+from .result import Result
+from .trajectory import Trajectory, arc, great_circle, line, points, polyline
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """Lazy attributes that need torch: ``trajectory_length`` (see fastexpr.autograd)."""
+    if name == "trajectory_length":
+        from .autograd import trajectory_length
+
+        return trajectory_length
+    raise AttributeError(f"module 'fastexpr' has no attribute {name!r}")
+
+
+__all__ = [
+    "Network", "Result", "Trajectory", "arc", "available_backends", "from_arrays", "from_torch", "great_circle",
+    "line", "make_plan", "measure", "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
+]

@@ -1,0 +1,125 @@
+"""The normalised measurement plan every backend receives, and the partials it returns.
+
+This module is the one written statement of fastexpr's semantics on the Python side
+(``csrc/common/semantics.h`` is its C++/CUDA twin). Validation happens before a
+:class:`Plan` is built; a backend may assume every field is well formed.
+
+Semantics, in brief (README "Semantics" has the long form):
+
+* samples ``t_i = i / (N - 1)``, ``i = 0 .. N-1``, computed in float64;
+* layer 1 is evaluated from the trajectory's projected basis, in float64, then cast to
+  the compute dtype: ``z1 = sum_k c_k(t) proj[k] + bias1``;
+* layers 2..L are ``z = W h + b`` in the compute dtype, ``h = act(z)``;
+* region codes (ties stay in the lower/inner region):
+  relu ``1 if z > 0 else 0``; hardtanh ``-1 if z < -1, +1 if z > 1, else 0``; identity ``0``;
+* a point's pattern hash is the wrapping uint64 sum of ``pattern_key(d, j, code)`` over
+  all layers d (1-based) and neurons j (0-based) whose code is non-zero (additive
+  Zobrist hashing: collisions between two distinct patterns have probability 2^-64);
+* lengths are summed over consecutive pairs in float64; a pair's length at layer d >= 1
+  is ``||h_{i+1} - h_i||_2`` of the post-activations in the compute dtype; the input
+  length (d = 0) comes from the trajectory's own description, in float64:
+  two-vector kinds ``sqrt(max(dc^T gram dc, 0))`` with ``dc = c(t_{i+1}) - c(t_i)``;
+  POLYLINE ``|f' - f| seg_len[j]`` when both samples lie on segment j, else the direct
+  norm ``||x(t_{i+1}) - x(t_i)||`` from the vertices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Activation codes, shared with csrc/common/semantics.h.
+IDENTITY, RELU, HARDTANH = 0, 1, 2
+ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "hardtanh": HARDTANH}
+ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
+
+# Trajectory kinds, shared with csrc/common/semantics.h.
+# LINE:     c = (1 - t, t)                      over basis (x0, x1)
+# ARC:      c = (cos(pi t / 2), sin(pi t / 2))  over basis (x0, x1)
+# CIRCLE:   c = (cos(2 pi t), sin(2 pi t))      over basis (u, v)
+# POLYLINE: s = t (K - 1), j = min(floor(s), K - 2), f = s - j,
+#           x = (1 - f) p_j + f p_{j+1}          over basis = the K vertices
+LINE, ARC, CIRCLE, POLYLINE = 0, 1, 2, 3
+KIND_NAMES = {LINE: "line", ARC: "arc", CIRCLE: "great_circle", POLYLINE: "polyline"}
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """splitmix64 finaliser on uint64 NumPy arrays or Python ints (wrapping arithmetic)."""
+    if isinstance(x, (int, np.integer)):
+        z = (int(x) + 0x9E3779B97F4A7C15) & MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+    z = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def key_input(layer, neuron, code):
+    """The 64-bit integer hashed into ``pattern_key``: ``(layer << 33) ^ (neuron << 1) ^ (code > 0)``."""
+    return (np.uint64(layer) << np.uint64(33)) ^ (np.asarray(neuron, dtype=np.uint64) << np.uint64(1)) ^ np.uint64(
+        1 if code > 0 else 0
+    )
+
+
+def pattern_keys(layer: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys (uint64, shape (width,)) for code +1 and code -1 of every neuron of a layer (1-based)."""
+    j = np.arange(width, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return splitmix64(key_input(layer, j, +1)), splitmix64(key_input(layer, j, -1))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a backend needs for one trajectory through one network.
+
+    All arrays are C-contiguous. ``proj``, ``bias1``, ``gram``, ``vertices`` and ``seg_len``
+    are float64; ``weights``/``biases`` (layers 2..L) are in ``dtype``.
+    """
+
+    n_points: int                       # N >= 2 (may exceed 2**31)
+    dtype: np.dtype                     # float32 or float64: the forward pass
+    activations: tuple[int, ...]        # L activation codes
+    widths: tuple[int, ...]             # (m, n_1, ..., n_L)
+    kind: int                           # LINE, ARC, CIRCLE or POLYLINE
+    proj: np.ndarray                    # (K, n_1) = basis @ W1.T, float64
+    bias1: np.ndarray                   # (n_1,), float64
+    weights: tuple[np.ndarray, ...]     # layers 2..L: (n_d, n_{d-1}) in dtype
+    biases: tuple[np.ndarray, ...]      # layers 2..L: (n_d,) in dtype
+    gram: np.ndarray                    # (2, 2) basis Gram matrix (two-vector kinds), zeros for POLYLINE
+    vertices: np.ndarray                # POLYLINE: (K, m) vertices; else shape (0, m)
+    seg_len: np.ndarray                 # POLYLINE: (K-1,) ||p_{j+1} - p_j||; else shape (0,)
+    device: str = "cpu"                 # where the caller's data lives ("cpu", "cuda:0", ...)
+
+    @property
+    def depth(self) -> int:
+        return len(self.activations)
+
+
+@dataclass
+class Partials:
+    """What a backend's ``run(plan, start, stop)`` returns for samples ``start .. stop-1``.
+
+    Pairs ``(i, i+1)`` with ``start <= i < stop - 1`` are counted; ``measure`` cuts long
+    trajectories into chunks that share their boundary sample and adds the partials.
+    """
+
+    transitions: np.ndarray      # (L,) int64
+    pattern_changes: np.ndarray  # (L,) int64
+    network_changes: int
+    lengths: np.ndarray          # (L+1,) float64, index 0 is the input trajectory
+    run_hashes: np.ndarray       # uint64: hash of sample ``start`` and of every later sample whose
+    #                              full pattern differs from its predecessor's (network_changes + 1
+    #                              values; a backend may drop repeated values early, never lose
+    #                              a distinct one or invent one)
+
+    def __iadd__(self, other: "Partials") -> "Partials":
+        self.transitions = self.transitions + other.transitions
+        self.pattern_changes = self.pattern_changes + other.pattern_changes
+        self.network_changes += other.network_changes
+        self.lengths = self.lengths + other.lengths
+        self.run_hashes = np.unique(np.concatenate([self.run_hashes, other.run_hashes]))
+        return self

@@ -1,0 +1,84 @@
+"""The result of a measurement: per-layer counts and lengths as NumPy arrays, a table and a dict."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """Expressivity measures of one trajectory (or a batch: a leading trajectory axis on every field).
+
+    ``transitions[d-1]``: neuron transitions in layer d; ``pattern_changes[d-1]``: consecutive
+    pairs whose layer-d pattern differs; ``network_changes``: pairs whose whole-network pattern
+    differs; ``distinct_patterns``: distinct whole-network patterns among the samples (the
+    paper's linear-region count along the trajectory); ``lengths[d]``: length of the image at
+    layer d (``lengths[0]`` is the input trajectory).
+    """
+
+    transitions: np.ndarray
+    pattern_changes: np.ndarray
+    network_changes: np.ndarray | int
+    distinct_patterns: np.ndarray | int
+    lengths: np.ndarray
+    n_points: int
+    widths: tuple[int, ...]
+    activations: tuple[str, ...]
+    dtype: str
+    backend: str
+    trajectories: tuple[str, ...] = field(default=())
+
+    @property
+    def batched(self) -> bool:
+        return np.ndim(self.network_changes) == 1
+
+    def __len__(self) -> int:
+        if not self.batched:
+            raise TypeError("a single-trajectory Result has no length; index a batched Result")
+        return len(self.network_changes)
+
+    def __getitem__(self, i: int) -> "Result":
+        """The result of trajectory ``i`` of a batch."""
+        if not self.batched:
+            raise TypeError("a single-trajectory Result cannot be indexed")
+        return Result(
+            self.transitions[i], self.pattern_changes[i], int(self.network_changes[i]),
+            int(self.distinct_patterns[i]), self.lengths[i], self.n_points, self.widths,
+            self.activations, self.dtype, self.backend, (self.trajectories[i],),
+        )
+
+    @property
+    def length_ratios(self) -> np.ndarray:
+        """``lengths[..., d] / lengths[..., 0]``: growth of the trajectory's length with depth."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.lengths / self.lengths[..., :1]
+
+    def to_dict(self) -> dict:
+        """Plain Python types only (lists, ints, floats, strings): ready for ``json.dump``."""
+        out = {}
+        for name in ("transitions", "pattern_changes", "network_changes", "distinct_patterns", "lengths"):
+            out[name] = np.asarray(getattr(self, name)).tolist()
+        out.update(n_points=self.n_points, widths=list(self.widths), activations=list(self.activations),
+                   dtype=self.dtype, backend=self.backend, trajectories=list(self.trajectories))
+        return out
+
+    def table(self) -> str:
+        """A readable per-layer table (one block per trajectory of a batch)."""
+        if self.batched:
+            return "\n\n".join(self[i].table() for i in range(len(self)))
+        head = (f"{', '.join(self.trajectories) or 'trajectory'}: {self.n_points:,} points, {self.dtype}, "
+                f"backend {self.backend}\n")
+        rows = [f"{'layer':>5} {'width':>6} {'activation':>10} {'transitions':>14} {'pattern chg':>12} "
+                f"{'length':>14} {'len/len0':>10}"]
+        rows.append(f"{0:>5} {self.widths[0]:>6} {'input':>10} {'':>14} {'':>12} {self.lengths[0]:>14.6g} {1:>10.4g}")
+        ratios = self.length_ratios
+        for d in range(1, len(self.widths)):
+            rows.append(f"{d:>5} {self.widths[d]:>6} {self.activations[d - 1]:>10} {self.transitions[d - 1]:>14,} "
+                        f"{self.pattern_changes[d - 1]:>12,} {self.lengths[d]:>14.6g} {ratios[d]:>10.4g}")
+        tail = (f"whole network: {self.network_changes:,} pattern changes, "
+                f"{self.distinct_patterns:,} distinct patterns")
+        return head + "\n".join(rows) + "\n" + tail
+
+    def __str__(self) -> str:
+        return self.table()

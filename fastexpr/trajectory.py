@@ -1,0 +1,110 @@
+"""One-dimensional trajectories x(t), t in [0, 1], each described by a small basis and its coefficients.
+
+Every trajectory is ``x(t) = sum_k c_k(t) basis[k]``: two basis vectors for lines, arcs
+and great circles, the vertices for polylines. The network's first layer is applied to
+the basis once (``W1 @ basis.T``), so no backend ever forms the N x input_dim points.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._arrays import device_of, to_float64
+from .plan import ARC, CIRCLE, KIND_NAMES, LINE, POLYLINE
+
+
+class Trajectory:
+    """A trajectory: ``kind`` (a code from :mod:`fastexpr.plan`) and a float64 ``basis`` (K, dim)."""
+
+    def __init__(self, kind: int, basis: np.ndarray, device: str = "cpu", n_points: int | None = None):
+        self.kind = kind
+        self.basis = basis
+        self.device = device
+        self.n_points = n_points  # the natural sample count of explicit point sets, else None
+
+    @property
+    def dim(self) -> int:
+        return self.basis.shape[1]
+
+    @property
+    def name(self) -> str:
+        return KIND_NAMES[self.kind]
+
+    def coefficients(self, t: np.ndarray) -> np.ndarray:
+        """Coefficients (len(t), K) of the basis at samples ``t`` (float64)."""
+        t = np.asarray(t, dtype=np.float64)
+        if self.kind == LINE:
+            return np.stack([1.0 - t, t], axis=1)
+        if self.kind == ARC:
+            return np.stack([np.cos(0.5 * np.pi * t), np.sin(0.5 * np.pi * t)], axis=1)
+        if self.kind == CIRCLE:
+            return np.stack([np.cos(2.0 * np.pi * t), np.sin(2.0 * np.pi * t)], axis=1)
+        k = self.basis.shape[0]
+        seg = np.minimum(np.floor(t * (k - 1)), k - 2).astype(np.int64)
+        frac = t * (k - 1) - seg
+        coeffs = np.zeros((t.size, k))
+        coeffs[np.arange(t.size), seg] = 1.0 - frac
+        coeffs[np.arange(t.size), seg + 1] += frac
+        return coeffs
+
+    def sample(self, n_points: int) -> np.ndarray:
+        """The ``(n_points, dim)`` sampled points ``x(t_i)``, ``t_i = i / (n_points - 1)``.
+
+        Materialises every point: meant for plots and small checks, not for measuring.
+        """
+        t = np.arange(n_points, dtype=np.float64) / (n_points - 1)
+        return self.coefficients(t) @ self.basis
+
+    def __repr__(self) -> str:
+        return f"{self.name}(dim={self.dim}, basis_vectors={self.basis.shape[0]})"
+
+
+def _pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, str]:
+    u = to_float64(a, names[0], ndim=1)
+    v = to_float64(b, names[1], ndim=1)
+    if u.shape != v.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length, got {u.shape[0]} and {v.shape[0]}")
+    devices = {device_of(a), device_of(b)} - {"cpu"}
+    return np.stack([u, v]), (devices.pop() if devices else "cpu")
+
+
+def line(x0, x1) -> Trajectory:
+    """The segment ``x(t) = (1 - t) x0 + t x1``."""
+    basis, device = _pair(x0, x1, ("x0", "x1"))
+    return Trajectory(LINE, basis, device)
+
+
+def arc(x0, x1) -> Trajectory:
+    """The paper's circular arc ``x(t) = cos(pi t / 2) x0 + sin(pi t / 2) x1``."""
+    basis, device = _pair(x0, x1, ("x0", "x1"))
+    return Trajectory(ARC, basis, device)
+
+
+def great_circle(u, v) -> Trajectory:
+    """The closed curve ``x(t) = cos(2 pi t) u + sin(2 pi t) v`` (a great circle when u, v are
+    orthogonal and of equal norm). Its first and last samples coincide."""
+    basis, device = _pair(u, v, ("u", "v"))
+    return Trajectory(CIRCLE, basis, device)
+
+
+def polyline(points, closed: bool = False) -> Trajectory:
+    """Piecewise-linear path through the rows of ``points`` (M >= 2), uniform in segment index.
+
+    ``s = t (M - 1)``, segment ``j = min(floor(s), M - 2)``, ``x = (1 - (s - j)) p_j + (s - j) p_{j+1}``;
+    ``closed=True`` adds the segment from the last point back to the first.
+    """
+    basis = to_float64(points, "points", ndim=2)
+    if basis.shape[0] < 2:
+        raise ValueError(f"a polyline needs at least 2 points, got {basis.shape[0]}")
+    if closed:
+        basis = np.concatenate([basis, basis[:1]])
+    return Trajectory(POLYLINE, basis, device_of(points))
+
+
+def points(array) -> Trajectory:
+    """An explicit ``(N, dim)`` array of trajectory points, measured at exactly those N samples.
+
+    It is the polyline through the points sampled once per vertex, so ``n_points`` must be N.
+    """
+    traj = polyline(array)
+    traj.n_points = traj.basis.shape[0]
+    return traj
