@@ -98,6 +98,11 @@ class Plan:
     def depth(self) -> int:
         return len(self.activations)
 
+    def check_range(self, start: int, stop: int) -> None:
+        """``ValueError`` unless samples ``start .. stop-1`` lie within the trajectory."""
+        if not (0 <= start < stop <= self.n_points):
+            raise ValueError(f"sample range [{start}, {stop}) is not within [0, {self.n_points})")
+
 
 @dataclass
 class Partials:

@@ -1,0 +1,1 @@
+"""fastexpr test suite."""

@@ -1,0 +1,151 @@
+"""Bad input gives a clear ValueError/TypeError naming the problem, on every path into the library."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import fastexpr as fx
+from fastexpr import backends
+
+from .cases import BACKENDS, backend_or_skip
+
+
+@pytest.fixture
+def net():
+    return fx.random_mlp(2, 4, 3, seed=0)
+
+
+@pytest.fixture
+def traj():
+    return fx.arc(np.ones(3), np.arange(3.0))
+
+
+def test_mismatched_dimensions(net):
+    with pytest.raises(ValueError, match="dimension 5 .* dimension 3"):
+        fx.measure(net, fx.line(np.zeros(5), np.ones(5)), 10)
+    with pytest.raises(ValueError, match="same length"):
+        fx.line(np.zeros(3), np.ones(4))
+    with pytest.raises(ValueError, match="layer 2: weights expect 5 inputs but layer 1 has 4 outputs"):
+        fx.from_arrays([np.ones((4, 3)), np.ones((2, 5))], None, "relu")
+    with pytest.raises(ValueError, match="bias has 3 entries"):
+        fx.from_arrays([np.ones((4, 3))], [np.ones(3)], "relu")
+    with pytest.raises(ValueError, match="2 activations for 1 layers"):
+        fx.from_arrays([np.ones((4, 3))], None, ["relu", "relu"])
+
+
+@pytest.mark.parametrize("n", [1, 0, -5])
+def test_too_few_points(net, traj, n):
+    with pytest.raises(ValueError, match="n_points must be at least 2"):
+        fx.measure(net, traj, n)
+
+
+@pytest.mark.parametrize("n", [10.0, "10", True, None])
+def test_n_points_type(net, traj, n):
+    with pytest.raises((TypeError, ValueError), match="n_points"):
+        fx.measure(net, traj, n)
+
+
+def test_empty_and_single_point_trajectories(net):
+    with pytest.raises(ValueError, match="at least 2 points"):
+        fx.measure(net, np.ones((1, 3)))
+    with pytest.raises(ValueError, match="empty"):
+        fx.measure(net, np.ones((0, 3)))
+    with pytest.raises(ValueError, match="no trajectory"):
+        fx.measure(net, [], 10)
+    with pytest.raises(ValueError, match="explicit point set is measured at its own 4 points"):
+        fx.measure(net, fx.points(np.ones((4, 3))), 10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(net, bad):
+    x = np.ones(3)
+    x[1] = bad
+    with pytest.raises(ValueError, match="x0 contains NaN or infinite"):
+        fx.line(x, np.ones(3))
+    with pytest.raises(ValueError, match="points contains NaN"):
+        fx.measure(net, np.stack([np.ones(3), x]))
+    w = np.ones((4, 3))
+    w[0, 0] = bad
+    with pytest.raises(ValueError, match=r"weights\[0\] contains NaN"):
+        fx.from_arrays([w], None, "relu")
+    with pytest.raises(ValueError, match="sigma_w"):
+        fx.random_mlp(2, 3, 3, sigma_w=bad)
+
+
+def test_unknown_names(net, traj):
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        fx.random_mlp(2, 3, 3, activation="tanh")
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        fx.measure(net, traj, 10, backend="gpu")
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        fx.measure(net, traj, 10, dtype="float16")
+
+
+def test_unavailable_backend_named_says_why(net, traj):
+    missing = fx.missing_backends()
+    if not missing:
+        pytest.skip("every backend is available here")
+    name, reason = next(iter(missing.items()))
+    with pytest.raises(backends.BackendUnavailable, match=f"backend '{name}' is not available here"):
+        fx.measure(net, traj, 10, backend=name)
+    assert reason
+
+
+def test_wrong_dtypes_and_types(net, traj):
+    with pytest.raises(TypeError, match="real floating-point"):
+        fx.line(np.arange(3), np.ones(3))
+    with pytest.raises(TypeError, match="real floating-point"):
+        fx.line(np.ones(3, dtype=complex), np.ones(3))
+    with pytest.raises(TypeError, match="floating-point"):
+        fx.from_arrays([torch.ones(4, 3, dtype=torch.int64)], None, "relu")
+    with pytest.raises(TypeError, match="fastexpr Network"):
+        fx.measure("not a net", traj, 10)
+    with pytest.raises(TypeError, match="trajectory must be"):
+        fx.measure(net, "arc", 10)
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        fx.random_mlp(0, 3, 3)
+    with pytest.raises(ValueError, match="2-dimensional"):
+        fx.polyline(np.ones(3))
+
+
+def test_unsupported_torch_layers():
+    with pytest.raises(ValueError, match="unsupported layer Tanh"):
+        fx.from_torch(nn.Sequential(nn.Linear(3, 4), nn.Tanh()))
+    with pytest.raises(ValueError, match="unsupported layer Conv1d"):
+        fx.from_torch(nn.Sequential(nn.Sequential(nn.Conv1d(1, 1, 1))))
+    with pytest.raises(ValueError, match=r"Hardtanh\(-1, 1\)"):
+        fx.from_torch(nn.Sequential(nn.Linear(3, 4), nn.Hardtanh(-2, 2)))
+    with pytest.raises(ValueError, match="two activations in a row"):
+        fx.from_torch(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Hardtanh()))
+    with pytest.raises(ValueError, match="before the first Linear"):
+        fx.from_torch(nn.Sequential(nn.ReLU(), nn.Linear(3, 4)))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fx.from_torch([nn.Linear(3, 4)])
+
+
+def test_from_torch_matches_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(3, 5), nn.ReLU()), nn.Linear(5, 4), nn.Hardtanh(),
+                          nn.Identity(), nn.Linear(4, 2, bias=False))
+    net = fx.from_torch(model)
+    assert net.activations == ("relu", "hardtanh", "identity")
+    x = torch.randn(7, 3, dtype=torch.float64)
+    h = x.numpy()
+    for w, b, act in zip(net.weights, net.biases, net.activations):
+        h = h @ w.T + b
+        h = np.maximum(h, 0) if act == "relu" else (np.clip(h, -1, 1) if act == "hardtanh" else h)
+    np.testing.assert_allclose(h, model.double()(x).detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_check_their_arguments(backend):
+    """Backends called directly with a malformed plan raise ValueError instead of crashing."""
+    module = backend_or_skip(backend)
+    net = fx.random_mlp(2, 4, 3, seed=0)
+    plan = fx.make_plan(net, fx.arc(np.ones(3), np.arange(3.0)), 10, "float64")
+    with pytest.raises(ValueError):
+        module.run(plan, 5, 3)
+    with pytest.raises(ValueError):
+        module.run(plan, 0, 11)
