@@ -1,0 +1,163 @@
+// Trajectory length of the rows of a contiguous (B, D) float32/float64 array, fused forward
+// and backward (twin of csrc/cuda/traj_length.cu; Python side: fastexpr/autograd.py).
+//
+// Segment i runs from row i to row i+1 (row 0 for the closing segment i = B-1 of a closed
+// path), so there are S = B-1 segments (S = B when closed). Forward: norms[i] = ||h_next - h_i||
+// accumulated in float64, total = sum_i norms[i]. Backward for the scalar gradient g:
+//   grad_j = g u_{j-1} - g u_j,   u_i = (h_next(i) - h_i) / norms[i]  (u_i = 0 when norms[i] = 0),
+// with the terms of missing segments dropped (open path ends). One pass over h each way.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+using i64 = std::int64_t;
+
+// Below this many elements (1 MiB of float32) the work runs on the calling thread: it takes
+// well under 0.1 ms there, less than waking (or fighting) a thread team.
+constexpr i64 kParallelMin = 1 << 18;
+
+// Column chunks per row: one when there are enough rows to share among threads, otherwise
+// enough chunks for ~32 tasks of at least 8192 columns. It depends on the shape alone, so
+// the result does not depend on the thread count.
+i64 column_chunks(i64 rows, i64 d) {
+  const i64 want = (32 + rows - 1) / rows;
+  const i64 most = std::max<i64>(1, d / 8192);
+  return std::min(want, most);
+}
+
+template <typename T>
+double squared_distance(const T* x, const T* y, i64 lo, i64 hi) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (i64 k = lo; k < hi; ++k) {
+    const double diff = static_cast<double>(y[k]) - static_cast<double>(x[k]);
+    acc += diff * diff;
+  }
+  return acc;
+}
+
+template <typename T>
+double forward(const T* h, i64 b, i64 d, bool closed, double* norms) {
+  const i64 s = closed ? b : b - 1;
+  const i64 nc = column_chunks(s, d);
+  const i64 width = (d + nc - 1) / nc;
+  std::vector<double> part(static_cast<size_t>(nc * s));
+#pragma omp parallel for collapse(2) schedule(static) if (b * d >= kParallelMin)
+  for (i64 c = 0; c < nc; ++c) {
+    for (i64 i = 0; i < s; ++i) {
+      const i64 next = i + 1 < b ? i + 1 : 0;
+      part[c * s + i] = squared_distance(h + i * d, h + next * d, c * width, std::min(d, (c + 1) * width));
+    }
+  }
+  double total = 0.0;
+  for (i64 i = 0; i < s; ++i) {
+    double sq = 0.0;
+    for (i64 c = 0; c < nc; ++c) sq += part[c * s + i];
+    norms[i] = std::sqrt(sq);
+    total += norms[i];
+  }
+  return total;
+}
+
+// Zero-length segments contribute a zero subgradient.
+inline double coefficient(double g, double norm) { return norm > 0.0 ? g / norm : 0.0; }
+
+template <typename T>
+void backward(const T* h, const double* norms, double g, i64 b, i64 d, bool closed, T* grad) {
+  const i64 s = closed ? b : b - 1;
+  const i64 nc = column_chunks(b, d);
+  const i64 width = (d + nc - 1) / nc;
+#pragma omp parallel for collapse(2) schedule(static) if (b * d >= kParallelMin)
+  for (i64 c = 0; c < nc; ++c) {
+    for (i64 j = 0; j < b; ++j) {
+      // Incoming segment starts at row `prev`, outgoing segment j ends at row `next`; a
+      // missing one (open path ends) points at row j itself with a zero coefficient.
+      const bool has_prev = j > 0 || closed;
+      const bool has_next = j < s;
+      const i64 prev = j > 0 ? j - 1 : (closed ? b - 1 : j);
+      const i64 next = j + 1 < b ? j + 1 : (closed ? 0 : j);
+      const double cp = has_prev ? coefficient(g, norms[prev]) : 0.0;
+      const double cn = has_next ? coefficient(g, norms[j]) : 0.0;
+      const T* xp = h + prev * d;
+      const T* x = h + j * d;
+      const T* xn = h + next * d;
+      T* out = grad + j * d;
+      const i64 hi = std::min(d, (c + 1) * width);
+#pragma omp simd
+      for (i64 k = c * width; k < hi; ++k) {
+        const double xk = static_cast<double>(x[k]);
+        out[k] = static_cast<T>(cp * (xk - static_cast<double>(xp[k])) - cn * (static_cast<double>(xn[k]) - xk));
+      }
+    }
+  }
+}
+
+bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+// Checks h and returns (B, D).
+std::pair<i64, i64> check_rows(const py::array& h) {
+  if (h.ndim() != 2)
+    throw py::value_error("h must be a 2-D (B, D) array, got " + std::to_string(h.ndim()) + " dimensions");
+  if (!is_float32(h) && !is_float64(h)) throw py::value_error("h must be float32 or float64");
+  if (!c_contiguous(h)) throw py::value_error("h must be C-contiguous");
+  const i64 b = h.shape(0), d = h.shape(1);
+  if (b < 2) throw py::value_error("h needs at least two rows (one segment), got " + std::to_string(b));
+  if (d < 1) throw py::value_error("h needs at least one column");
+  return {b, d};
+}
+
+py::tuple traj_length_forward(const py::array& h, bool closed) {
+  const auto [b, d] = check_rows(h);
+  py::array_t<double> norms(closed ? b : b - 1);
+  double* n = norms.mutable_data();
+  double total;
+  {
+    py::gil_scoped_release release;
+    total = is_float32(h) ? forward(static_cast<const float*>(h.data()), b, d, closed, n)
+                          : forward(static_cast<const double*>(h.data()), b, d, closed, n);
+  }
+  return py::make_tuple(total, norms);
+}
+
+void traj_length_backward(const py::array& h, const py::array& norms, double grad_out, bool closed, py::array out) {
+  const auto [b, d] = check_rows(h);
+  const i64 s = closed ? b : b - 1;
+  if (norms.ndim() != 1 || !is_float64(norms) || !c_contiguous(norms) || norms.shape(0) != s)
+    throw py::value_error("norms must be a contiguous float64 array of " + std::to_string(s) + " segment lengths");
+  if (out.ndim() != 2 || out.shape(0) != b || out.shape(1) != d || !out.dtype().is(h.dtype()) || !c_contiguous(out))
+    throw py::value_error("out must be a C-contiguous array of h's shape and dtype");
+  if (!out.writeable()) throw py::value_error("out must be writeable");
+  const char* hb = static_cast<const char*>(h.data());
+  const char* ob = static_cast<const char*>(out.data());
+  if (ob < hb + h.nbytes() && hb < ob + out.nbytes()) throw py::value_error("out must not overlap h");
+  const double* n = static_cast<const double*>(norms.data());
+  void* o = out.mutable_data();
+  py::gil_scoped_release release;
+  if (is_float32(h))
+    backward(static_cast<const float*>(h.data()), n, grad_out, b, d, closed, static_cast<float*>(o));
+  else
+    backward(static_cast<const double*>(h.data()), n, grad_out, b, d, closed, static_cast<double*>(o));
+}
+
+}  // namespace
+
+void register_traj_length(py::module_& m) {
+  m.def("traj_length_forward", &traj_length_forward, py::arg("h"), py::arg("closed") = false,
+        "Trajectory length of the rows of a contiguous (B, D) float32/float64 array, accumulated in float64.\n"
+        "Returns (total, norms): the length and the float64 per-segment norms (B-1, or B when closed).");
+  m.def("traj_length_backward", &traj_length_backward, py::arg("h"), py::arg("norms"), py::arg("grad_out"),
+        py::arg("closed"), py::arg("out"),
+        "Writes grad_out * d(length)/dh into out (h's shape and dtype) from the forward's norms; "
+        "zero-length segments give a zero subgradient.");
+}

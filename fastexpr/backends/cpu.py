@@ -1,0 +1,41 @@
+"""cpu backend: the fused C++/OpenMP kernel of ``fastexpr._C`` (csrc/cpu/measure.cpp).
+
+Tiles of ``TILE`` consecutive samples (the first shared with the previous tile) run in
+parallel on OpenMP threads (``OMP_NUM_THREADS`` sets how many); each tile's activations stay
+in cache through all layers, so nothing of size N x width is ever stored.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plan import Partials, Plan
+
+NAME = "cpu"
+
+TILE = 64  # samples per tile; see bench/notes_cpu.md
+
+
+def _extension():
+    """``fastexpr._C``, or ImportError saying why the cpu backend is missing."""
+    try:
+        from .. import _C
+    except ImportError as exc:
+        raise ImportError(
+            f"the C++ extension fastexpr._C is not built ({exc}); reinstall fastexpr with a C++17 compiler "
+            "(pip install --no-build-isolation -e .) or use the numba backend") from exc
+    if not hasattr(_C, "measure"):
+        raise ImportError("fastexpr._C was built without the measure kernel (csrc/cpu/measure.cpp); rebuild it")
+    return _C
+
+
+def probe() -> None:
+    """Raise ImportError if the compiled extension is missing; compiles nothing."""
+    _extension()
+
+
+def run(plan: Plan, start: int, stop: int) -> Partials:
+    """Partials of samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan.Partials)."""
+    transitions, pattern_changes, network_changes, lengths, hashes = _extension().measure(
+        plan.proj, plan.bias1, list(plan.weights), list(plan.biases), list(plan.activations), plan.kind,
+        plan.gram, plan.vertices, plan.seg_len, plan.n_points, start, stop, np.dtype(plan.dtype), tile=TILE)
+    return Partials(transitions, pattern_changes, int(network_changes), lengths, hashes)

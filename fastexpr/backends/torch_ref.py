@@ -1,0 +1,154 @@
+"""torch backend: the measures in plain PyTorch, on CPU or CUDA tensors.
+
+Written the way a careful user would: samples in chunks of ``CHUNK`` (neighbouring chunks
+share one sample), the first layer from the projected basis in float64, then one
+``addmm`` per hidden layer in the compute dtype, region codes by comparison, transitions
+and pattern changes from differences of consecutive codes, the pattern hash as a wrapping
+int64 sum of per-neuron keys, and lengths as norms of consecutive differences summed in
+float64. It is both a backend and the baseline the benchmarks compare against.
+
+On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, pattern_keys
+
+NAME = "torch"
+
+#: Samples per chunk (neighbouring chunks share one sample).
+CHUNK = 1 << 15
+
+_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def probe() -> None:
+    """Raise ImportError if PyTorch cannot be imported."""
+    import torch  # noqa: F401
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device):
+    """Disable TF32 for CUDA matmuls inside the block (the previous setting is restored)."""
+    matmul = torch.backends.cuda.matmul
+    if device.type != "cuda":
+        yield
+        return
+    name, value = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    saved = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, saved)
+
+
+class _Tensors:
+    """The plan's arrays as tensors on the plan's device, plus the pattern-hash keys."""
+
+    def __init__(self, plan):
+        self.device = torch.device(plan.device)
+        self.dtype = _DTYPES[np.dtype(plan.dtype)]
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.proj = torch.tensor(plan.proj, **f64)
+        self.bias1 = torch.tensor(plan.bias1, **f64)
+        self.gram = torch.tensor(plan.gram, **f64)
+        self.vertices = torch.tensor(plan.vertices, **f64)
+        self.seg_len = torch.tensor(plan.seg_len, **f64)
+        self.weights = [torch.tensor(w, dtype=self.dtype, device=self.device) for w in plan.weights]
+        self.biases = [torch.tensor(b, dtype=self.dtype, device=self.device) for b in plan.biases]
+        keys = [pattern_keys(d + 1, n) for d, n in enumerate(plan.widths[1:])]
+        self.keys = [tuple(torch.tensor(k.view(np.int64), device=self.device) for k in pair) for pair in keys]
+
+
+def _coefficients(plan, t):
+    """Coefficients at float64 samples ``t``: (c0, c1, None), or (1 - f, f, segment) for POLYLINE."""
+    if plan.kind == POLYLINE:
+        s = t * (plan.proj.shape[0] - 1)
+        seg = torch.floor(s).long().clamp_(0, plan.proj.shape[0] - 2)
+        f = s - seg
+        return 1.0 - f, f, seg
+    if plan.kind == LINE:
+        return 1.0 - t, t, None
+    angle = (0.5 * np.pi if plan.kind == ARC else 2.0 * np.pi) * t
+    return torch.cos(angle), torch.sin(angle), None
+
+
+def _input_length(c0, c1, seg, tt: _Tensors):
+    """Length of the input trajectory over the chunk's pairs, float64 (formulas in plan.py)."""
+    if seg is None:
+        dc = torch.stack([c0.diff(), c1.diff()], dim=1)
+        return ((dc @ tt.gram) * dc).sum(dim=1).clamp_min(0.0).sqrt().sum()
+    same = seg[1:] == seg[:-1]
+    along = (c1.diff().abs() * tt.seg_len[seg[:-1]])[same].sum()
+    i = (~same).nonzero().squeeze(1)  # pairs that cross a vertex: direct norm from the vertices
+    x0 = c0[i, None] * tt.vertices[seg[i]] + c1[i, None] * tt.vertices[seg[i] + 1]
+    x1 = c0[i + 1, None] * tt.vertices[seg[i + 1]] + c1[i + 1, None] * tt.vertices[seg[i + 1] + 1]
+    return along + torch.linalg.vector_norm(x1 - x0, dim=1).sum()
+
+
+def _first_layer(c0, c1, seg, tt: _Tensors):
+    """Layer-1 pre-activations (n, n_1): c0 proj[.] + c1 proj[.] + bias1 in float64, then cast."""
+    p0, p1 = (tt.proj[0], tt.proj[1]) if seg is None else (tt.proj[seg], tt.proj[seg + 1])
+    return (c0[:, None] * p0 + c1[:, None] * p1 + tt.bias1).to(tt.dtype)
+
+
+def _codes_and_activation(act, z):
+    """Region codes (int8, None for identity) and post-activations of pre-activations ``z``."""
+    if act == RELU:
+        return (z > 0).to(torch.int8), torch.relu(z)
+    if act == HARDTANH:
+        return (z > 1).to(torch.int8) - (z < -1).to(torch.int8), torch.clamp(z, -1.0, 1.0)
+    return None, z
+
+
+def _chunk(plan, tt: _Tensors, a: int, b: int, emit_first: bool, totals: dict):
+    """Samples a .. b-1: add counts and lengths into ``totals``; return the emitted run-start hashes."""
+    t = torch.arange(a, b, dtype=torch.float64, device=tt.device) / (plan.n_points - 1)
+    c0, c1, seg = _coefficients(plan, t)
+    totals["lengths"][0] += _input_length(c0, c1, seg, tt)
+    hashes = torch.zeros(b - a, dtype=torch.int64, device=tt.device)
+    net_changed = torch.zeros(b - a - 1, dtype=torch.bool, device=tt.device)
+    h = None
+    for d, act in enumerate(plan.activations):
+        z = _first_layer(c0, c1, seg, tt) if d == 0 else torch.addmm(tt.biases[d - 1], h, tt.weights[d - 1].T)
+        codes, h = _codes_and_activation(act, z)
+        if codes is not None:
+            step = codes.diff(dim=0)
+            totals["transitions"][d] += step.abs().sum()
+            changed = step.any(dim=1)
+            totals["pattern_changes"][d] += changed.sum()
+            net_changed |= changed
+            key_plus, key_minus = tt.keys[d]
+            hashes += torch.where(codes > 0, key_plus, torch.where(codes < 0, key_minus, 0)).sum(dim=1)
+        totals["lengths"][d + 1] += torch.linalg.vector_norm(h.diff(dim=0), dim=1).sum(dtype=torch.float64)
+    totals["network_changes"] += net_changed.sum()
+    emitted = hashes[1:][net_changed]
+    return torch.cat([hashes[:1], emitted]) if emit_first else emitted
+
+
+def run(plan, start: int, stop: int) -> Partials:
+    """Measure samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan), chunk by chunk."""
+    plan.check_range(start, stop)
+    tt = _Tensors(plan)
+    depth = plan.depth
+    zeros = dict(dtype=torch.int64, device=tt.device)
+    totals = dict(transitions=torch.zeros(depth, **zeros), pattern_changes=torch.zeros(depth, **zeros),
+                  network_changes=torch.zeros((), **zeros),
+                  lengths=torch.zeros(depth + 1, dtype=torch.float64, device=tt.device))
+    hashes = []
+    with torch.no_grad(), _full_fp32(tt.device):
+        a = start
+        while True:
+            b = min(a + max(CHUNK, 2), stop)
+            hashes.append(_chunk(plan, tt, a, b, a == start, totals))
+            if b == stop:
+                break
+            a = b - 1
+    run_hashes = torch.cat(hashes).cpu().numpy().view(np.uint64)
+    return Partials(totals["transitions"].cpu().numpy(), totals["pattern_changes"].cpu().numpy(),
+                    int(totals["network_changes"]), totals["lengths"].cpu().numpy(), np.unique(run_hashes))
