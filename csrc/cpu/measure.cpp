@@ -75,10 +75,6 @@ constexpr int PO = 6;
 #endif
 constexpr int NV = 2;
 template <typename T>
-constexpr int W_of() {
-  return Simd<T>::W;
-}
-template <typename T>
 constexpr int PB_of() {  // samples per micro-kernel call
   return NV * Simd<T>::W;
 }
@@ -102,26 +98,31 @@ class Buffer {
   std::unique_ptr<T, Free> p_;
 };
 
-// Z[o, s] = bias[o] + sum_k Wb[k, o] H[k, s] for PO neurons o and PB_of<T>() samples s.
-// Wb is a block of packed weights: K rows of PO contiguous values; `bias` holds each of the
-// PO biases repeated W times (one vector each); H and Z have row stride ld.
+// Z[o, s] (+)= sum_k Wb[k, o] H[k, s] for PO neurons o and PB_of<T>() samples s, starting
+// from the bias (`bias` holds each of the PO biases repeated W times) or, when bias is null,
+// from Z itself. Wb is a block of packed weights: K rows of PO contiguous values; H and Z
+// have row stride ld.
 template <typename T>
 inline void micro_kernel(const T* H, const T* Wb, int K, const T* bias, T* Z, i64 ld) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int W = S::W;
   V acc[PO][NV];
-  for (int i = 0; i < PO; ++i) {
-    const V b = S::load(bias + i * W);
-    for (int j = 0; j < NV; ++j) acc[i][j] = b;
-  }
-  for (int k = 0; k < K; ++k, H += ld, Wb += PO) {
+  for (int i = 0; i < PO; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = bias ? S::load(bias + i * W) : S::load(Z + i * ld + j * W);
+  // K >= 1. The do-while and the unrolled stores keep acc in registers: otherwise GCC copies
+  // the accumulators through the stack (about 5% of the kernel's time).
+  do {
     V h[NV];
     for (int j = 0; j < NV; ++j) h[j] = S::load(H + j * W);
     for (int i = 0; i < PO; ++i)
       for (int j = 0; j < NV; ++j) acc[i][j] += Wb[i] * h[j];
-  }
+    H += ld;
+    Wb += PO;
+  } while (--K > 0);
+#pragma GCC unroll 16
   for (int i = 0; i < PO; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) S::store(Z + i * ld + j * W, acc[i][j]);
 }
 
@@ -150,6 +151,8 @@ struct Net {
 
 // Per-thread tile workspace. Sample s of the tile is column W + s of Z and H (one vector of
 // left padding, so that the predecessor of sample 0 can be loaded; its lanes are ignored).
+// Z and H have one spare row: GCC 12 at -O3, vectorising the scalar fallback's GEMM loop,
+// loads one row past the last one it uses.
 template <typename T>
 struct Workspace {
   i64 ld;                      // row stride of Z and H
@@ -160,7 +163,7 @@ struct Workspace {
   std::vector<double> c0, c1;  // per sample: trajectory coefficients (POLYLINE: 1-f, f)
   std::vector<i64> seg;        // per sample: POLYLINE segment
   Workspace(i64 cols, int rows)
-      : ld(W_of<T>() + cols), Z((i64)rows * ld), H((i64)rows * ld), jumps(cols), sq(cols), hash(cols),
+      : ld(Simd<T>::W + cols), Z((i64)(rows + 1) * ld), H((i64)(rows + 1) * ld), jumps(cols), sq(cols), hash(cols),
         changed(cols), c0(cols), c1(cols), seg(cols) {}
 };
 
@@ -357,7 +360,7 @@ double coefficients(const Net<T>& net, Workspace<T>& ws, i64 a, int rows, int co
 // of sample a is emitted only when `emit_first` (the first tile of the range).
 template <typename T>
 void process_tile(const Net<T>& net, Workspace<T>& ws, i64 a, int rows, bool emit_first, Counters& out) {
-  constexpr int W = W_of<T>(), PB = PB_of<T>();
+  constexpr int W = Simd<T>::W, PB = PB_of<T>();
   const int cols = (int)round_up(rows, PB);
   const i64 ld = ws.ld;
   out.lengths[0] += coefficients(net, ws, a, rows, cols);
@@ -381,16 +384,21 @@ void process_tile(const Net<T>& net, Workspace<T>& ws, i64 a, int rows, bool emi
 
   for (int d = 0; d < net.depth; ++d) {
     if (d > 0) {
-      // Hidden layer d+1: Z = W H + b, PB samples x PO neurons at a time; a slab of PB
-      // samples of H stays in L1 while the weight blocks stream from L2.
+      // Hidden layer d+1: Z = W H + b, PB samples x PO neurons per micro-kernel call, blocked
+      // GotoBLAS-style: a block of KC inputs x MC neurons of W (at most 512 KiB) stays in L2
+      // while every slab of PB samples x KC inputs of H (at most 32 KiB) passes through L1.
       const int n_in = net.width[d - 1];
       const int blocks = (int)round_up(net.width[d], PO) / PO;
       const T* Wp = net.w[d - 1].data();
       const T* bias = net.b[d - 1].data();
-      for (int s0 = 0; s0 < cols; s0 += PB)
-        for (int q = 0; q < blocks; ++q)
-          micro_kernel<T>(ws.H.data() + W + s0, Wp + (i64)q * n_in * PO, n_in, bias + q * PO * W,
-                          ws.Z.data() + W + (i64)q * PO * ld + s0, ld);
+      constexpr int KC = (1 << 15) / (PB * (int)sizeof(T));
+      constexpr int MC = (1 << 19) / (KC * PO * (int)sizeof(T));  // in blocks of PO neurons
+      for (int k0 = 0; k0 < n_in; k0 += KC)
+        for (int q0 = 0; q0 < blocks; q0 += MC)
+          for (int s0 = 0; s0 < cols; s0 += PB)
+            for (int q = q0; q < std::min(blocks, q0 + MC); ++q)
+              micro_kernel<T>(ws.H.data() + W + k0 * ld + s0, Wp + ((i64)q * n_in + k0) * PO, std::min(KC, n_in - k0),
+                              k0 == 0 ? bias + q * PO * W : nullptr, ws.Z.data() + W + (i64)q * PO * ld + s0, ld);
     }
     epilogue_for<T>(net.act[d])(ws, net.width[d], rows, cols, net.key_pos[d].data(), net.key_neg[d].data(),
                                 out.transitions[d], out.pattern_changes[d], out.lengths[d + 1]);
@@ -419,7 +427,7 @@ std::string shape_str(const py::array& a) {
 // Data pointer of a C-contiguous array of dtype T and the given shape (-1: any extent).
 template <typename T>
 const T* checked(const py::array& a, const std::string& name, std::initializer_list<i64> shape) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!a.dtype().equal(py::dtype::of<T>()))
     fail(name + " must have dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
          std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style)) fail(name + " must be C-contiguous");
@@ -492,7 +500,7 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
   if (!(0 <= start && start < stop && stop <= n_points))
     fail("need 0 <= start < stop <= n_points, got start=" + std::to_string(start) + ", stop=" + std::to_string(stop) +
          ", n_points=" + std::to_string(n_points));
-  if (tile < 2) fail("tile must be at least 2 samples, got " + std::to_string(tile));
+  if (tile < 2 || tile > (1 << 16)) fail("tile must be between 2 and 65536 samples, got " + std::to_string(tile));
   if (threads < 0) fail("threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
 
   // Pack weights (blocks of PO output neurons, each K x PO, zero padded) and key tables.
@@ -509,12 +517,12 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
     const T* W = w_in[d - 1];
     const T* b = b_in[d - 1];
     net.w.emplace_back(round_up(n, PO) * n_in);
-    net.b.emplace_back(round_up(n, PO) * W_of<T>());
+    net.b.emplace_back(round_up(n, PO) * Simd<T>::W);
     T* Wp = net.w.back().data();
     for (int o = 0; o < n; ++o) {
       T* block = Wp + (i64)(o / PO) * n_in * PO + o % PO;
       for (int k = 0; k < n_in; ++k) block[(i64)k * PO] = W[(i64)o * n_in + k];
-      std::fill(&net.b.back()[(i64)o * W_of<T>()], &net.b.back()[(i64)(o + 1) * W_of<T>()], b[o]);
+      std::fill(&net.b.back()[(i64)o * Simd<T>::W], &net.b.back()[(i64)(o + 1) * Simd<T>::W], b[o]);
     }
   }
 
@@ -531,6 +539,7 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
   spaces.reserve(n_threads);
   for (int i = 0; i < n_threads; ++i) spaces.emplace_back(round_up(tile, PB_of<T>()), net.max_padded);
 
+  bool out_of_memory = false;  // an exception must not leave an OpenMP region
   {
     py::gil_scoped_release release;
 #pragma omp parallel num_threads(n_threads)
@@ -544,12 +553,18 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
 #pragma omp for schedule(static)
       for (i64 q = 0; q < n_tiles; ++q) {
         const i64 a = start + q * step;
-        process_tile<T>(net, spaces[me], a, (int)std::min<i64>(tile, stop - a), q == 0, out);
+        try {
+          process_tile<T>(net, spaces[me], a, (int)std::min<i64>(tile, stop - a), q == 0, out);
+        } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+          out_of_memory = true;
+        }
       }
       std::sort(out.hashes.begin(), out.hashes.end());
       out.hashes.erase(std::unique(out.hashes.begin(), out.hashes.end()), out.hashes.end());
     }
   }
+  if (out_of_memory) throw std::bad_alloc();  // pybind11: MemoryError
 
   py::array_t<i64> transitions(net.depth), pattern_changes(net.depth);
   py::array_t<double> lengths(net.depth + 1);
@@ -602,5 +617,5 @@ void register_measure(py::module_& m) {
         "int64[L], network_changes, lengths float64[L+1], run-start hashes uint64[k], sorted, unique).",
         py::arg("proj"), py::arg("bias1"), py::arg("weights"), py::arg("biases"), py::arg("activations"),
         py::arg("kind"), py::arg("gram"), py::arg("vertices"), py::arg("seg_len"), py::arg("n_points"),
-        py::arg("start"), py::arg("stop"), py::arg("dtype"), py::arg("tile") = 64, py::arg("threads") = 0);
+        py::arg("start"), py::arg("stop"), py::arg("dtype"), py::arg("tile") = 256, py::arg("threads") = 0);
 }

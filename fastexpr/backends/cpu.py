@@ -12,7 +12,7 @@ from ..plan import Partials, Plan
 
 NAME = "cpu"
 
-TILE = 64  # samples per tile; see bench/notes_cpu.md
+TILE = 256  # samples per tile (the first shared with the previous tile); see bench/notes_cpu.md
 
 
 def _extension():
