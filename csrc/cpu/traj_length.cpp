@@ -3,7 +3,8 @@
 //
 // Segment i runs from row i to row i+1 (row 0 for the closing segment i = B-1 of a closed
 // path), so there are S = B-1 segments (S = B when closed). Forward: norms[i] = ||h_next - h_i||
-// accumulated in float64, total = sum_i norms[i]. Backward for the scalar gradient g:
+// accumulated in float64 (float32 input: float32 partial sums of 512 columns, see below),
+// total = sum_i norms[i]. Backward for the scalar gradient g:
 //   grad_j = g u_{j-1} - g u_j,   u_i = (h_next(i) - h_i) / norms[i]  (u_i = 0 when norms[i] = 0),
 // with the terms of missing segments dropped (open path ends). One pass over h each way.
 #include <pybind11/numpy.h>
@@ -12,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace py = pybind11;
@@ -21,9 +24,10 @@ namespace {
 
 using i64 = std::int64_t;
 
-// Below this many elements (1 MiB of float32) the work runs on the calling thread: it takes
-// well under 0.1 ms there, less than waking (or fighting) a thread team.
-constexpr i64 kParallelMin = 1 << 18;
+// Below this many elements (4 MiB of float32) the work runs on the calling thread: it takes
+// well under a millisecond there, and a thread team costs more than it saves whenever the
+// machine has other work (a descheduled team member stalls the whole region).
+constexpr i64 kParallelMin = 1 << 20;
 
 // Column chunks per row: one when there are enough rows to share among threads, otherwise
 // enough chunks for ~32 tasks of at least 8192 columns. It depends on the shape alone, so
@@ -34,13 +38,36 @@ i64 column_chunks(i64 rows, i64 d) {
   return std::min(want, most);
 }
 
+// Sum over columns [lo, hi) of (y - x)^2, in float64.
 template <typename T>
-double squared_distance(const T* x, const T* y, i64 lo, i64 hi) {
+double squared_distance_f64(const T* x, const T* y, i64 lo, i64 hi) {
   double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
   for (i64 k = lo; k < hi; ++k) {
     const double diff = static_cast<double>(y[k]) - static_cast<double>(x[k]);
     acc += diff * diff;
+  }
+  return acc;
+}
+
+double squared_distance(const double* x, const double* y, i64 lo, i64 hi) { return squared_distance_f64(x, y, lo, hi); }
+
+// float32: squares summed in float32 over blocks of 512 columns (spread over the SIMD lanes,
+// so a few dozen terms per partial sum) and the blocks in float64. Twice as fast as converting
+// every element to float64, which cannot keep up with memory; relative error ~1e-6 at worst.
+// A block whose float32 sum may have overflowed or lost terms to underflow is redone in float64.
+double squared_distance(const float* x, const float* y, i64 lo, i64 hi) {
+  constexpr i64 kBlock = 512;
+  double acc = 0.0;
+  for (i64 k0 = lo; k0 < hi; k0 += kBlock) {
+    const i64 k1 = std::min(hi, k0 + kBlock);
+    float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+    for (i64 k = k0; k < k1; ++k) {
+      const float diff = y[k] - x[k];
+      part += diff * diff;
+    }
+    acc += (part >= 1e-20f && part <= 1e30f) ? static_cast<double>(part) : squared_distance_f64(x, y, k0, k1);
   }
   return acc;
 }
@@ -71,6 +98,24 @@ double forward(const T* h, i64 b, i64 d, bool closed, double* norms) {
 // Zero-length segments contribute a zero subgradient.
 inline double coefficient(double g, double norm) { return norm > 0.0 ? g / norm : 0.0; }
 
+// out = cp (x - xp) - cn (xn - x) over columns [lo, hi), computed in C.
+template <typename T, typename C>
+void row_gradient(const T* xp, const T* x, const T* xn, C cp, C cn, T* out, i64 lo, i64 hi) {
+#pragma omp simd
+  for (i64 k = lo; k < hi; ++k) {
+    const C xk = static_cast<C>(x[k]);
+    out[k] = static_cast<T>(cp * (xk - static_cast<C>(xp[k])) - cn * (static_cast<C>(xn[k]) - xk));
+  }
+}
+
+// float32 arithmetic is exact enough when both coefficients are normal float32 numbers (or
+// zero): each product is then at most |g| in size, so nothing overflows or flushes that the
+// float64 result would keep.
+inline bool float_safe(double c) {
+  const double a = std::fabs(c);
+  return a == 0.0 || (a >= std::numeric_limits<float>::min() && a <= std::numeric_limits<float>::max());
+}
+
 template <typename T>
 void backward(const T* h, const double* norms, double g, i64 b, i64 d, bool closed, T* grad) {
   const i64 s = closed ? b : b - 1;
@@ -91,12 +136,11 @@ void backward(const T* h, const double* norms, double g, i64 b, i64 d, bool clos
       const T* x = h + j * d;
       const T* xn = h + next * d;
       T* out = grad + j * d;
-      const i64 hi = std::min(d, (c + 1) * width);
-#pragma omp simd
-      for (i64 k = c * width; k < hi; ++k) {
-        const double xk = static_cast<double>(x[k]);
-        out[k] = static_cast<T>(cp * (xk - static_cast<double>(xp[k])) - cn * (static_cast<double>(xn[k]) - xk));
-      }
+      const i64 lo = c * width, hi = std::min(d, (c + 1) * width);
+      if (std::is_same<T, float>::value && float_safe(cp) && float_safe(cn))
+        row_gradient<T, float>(xp, x, xn, static_cast<float>(cp), static_cast<float>(cn), out, lo, hi);
+      else
+        row_gradient<T, double>(xp, x, xn, cp, cn, out, lo, hi);
     }
   }
 }

@@ -1,0 +1,272 @@
+"""Differentiable trajectory length: :func:`trajectory_length`.
+
+The length of the piecewise-linear path through the rows of ``h`` (shape ``(B, ...)``, each
+sample flattened): ``sum_i ||h_{i+1} - h_i||_2``, plus ``||h_0 - h_{B-1}||`` when ``closed``.
+Forward and backward are fused: the forward reads ``h`` once and keeps only the B segment
+norms; the backward reads ``h`` once more and writes the gradient. A zero-length segment
+gives a zero subgradient. Implementations, chosen per call (``backend="auto"`` takes the
+first usable one for the tensor's device):
+
+* ``"cpu"``: C++/OpenMP in the extension ``fastexpr._C`` (CPU tensors);
+* ``"cuda"``: ``csrc/cuda/traj_length.cu`` compiled at run time through CuPy, on torch's
+  current stream, tensors shared through DLPack (CUDA tensors);
+* ``"numba"``: the same loops in numba (CPU tensors);
+* ``"torch"``: plain PyTorch (any device).
+
+Every implementation sums the squares in float64 (the C++ op: float32 partial sums over
+blocks of 512 columns, then float64), so float32 activations of any magnitude neither
+overflow nor underflow.
+
+The environment variable ``FASTEXPR_TRAJ_BACKEND`` overrides ``"auto"`` (for tests).
+bfloat16 and float16 are computed in float32 and the result cast back. Double backward is
+not supported (the backward is ``once_differentiable``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from .backends import BackendUnavailable
+
+ENV_BACKEND = "FASTEXPR_TRAJ_BACKEND"
+AUTO_ORDER = {"cpu": ("cpu", "numba", "torch"), "cuda": ("cuda", "torch")}
+
+
+def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Length of the path through the rows of ``h`` (B >= 2 samples), differentiable in ``h``.
+
+    Returns a 0-dim tensor of ``h``'s dtype and device. ``backend`` is ``"auto"`` or one of
+    ``"cpu"``, ``"cuda"``, ``"numba"``, ``"torch"`` (see the module docstring).
+    """
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"trajectory_length expects a torch.Tensor, got {type(h).__name__}")
+    if not h.is_floating_point():
+        raise TypeError(f"trajectory_length expects a floating-point tensor, got {h.dtype}")
+    if h.dim() == 0 or h.shape[0] < 2:
+        raise ValueError(f"trajectory_length needs at least two samples along dim 0, got shape {tuple(h.shape)}")
+    if h[0].numel() == 0:
+        raise ValueError(f"trajectory_length needs samples with at least one feature, got shape {tuple(h.shape)}")
+    name = choose_backend(backend, h.device)
+    rows = h.reshape(h.shape[0], -1)
+    if rows.dtype not in (torch.float32, torch.float64):
+        rows = rows.float()
+    return _TrajectoryLength.apply(rows.contiguous(), bool(closed), name).to(h.dtype)
+
+
+def unavailable_reason(name: str, device: torch.device | str) -> str | None:
+    """Why implementation ``name`` cannot run on tensors of ``device`` here, or None if it can."""
+    device_type = torch.device(device).type
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown trajectory-length backend {name!r}; "
+                         f"expected 'auto' or one of {sorted(_IMPLEMENTATIONS)}")
+    needs = {"cpu": "cpu", "numba": "cpu", "cuda": "cuda"}.get(name)
+    if needs is not None and device_type != needs:
+        return f"{name!r} runs on {needs} tensors only, not {device_type}"
+    return _import_reason(name)
+
+
+def available(device: torch.device | str) -> list[str]:
+    """The implementations usable for tensors on ``device``, fastest first."""
+    order = AUTO_ORDER.get(torch.device(device).type, ("torch",))
+    return [name for name in order if unavailable_reason(name, device) is None]
+
+
+def choose_backend(backend: str, device: torch.device | str) -> str:
+    """Resolve ``backend`` ("auto", or the environment override) to a usable implementation."""
+    if backend == "auto":
+        backend = os.environ.get(ENV_BACKEND, "auto")
+    if backend == "auto":
+        return available(device)[0]
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise BackendUnavailable(f"trajectory-length backend {backend!r} is not available: {reason}")
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _import_reason(name: str) -> str | None:
+    """Why the module behind ``name`` fails to import (cached), or None."""
+    try:
+        if name == "cpu":
+            from . import _C
+
+            _C.traj_length_forward  # noqa: B018 - an extension built without the op
+        elif name == "cuda":
+            import cupy  # noqa: F401
+        elif name == "numba":
+            import numba  # noqa: F401
+    except (ImportError, AttributeError) as exc:
+        hint = {"cuda": " (install the fastexpr[cuda12] or fastexpr[cuda13] extra)"}.get(name, "")
+        return f"{type(exc).__name__}: {exc}{hint}"
+    return None
+
+
+class _TrajectoryLength(torch.autograd.Function):
+    """Autograd node over a contiguous (B, D) float32/float64 tensor; ``name`` picks the kernels."""
+
+    @staticmethod
+    def forward(ctx, h, closed, name):
+        out, norms = _IMPLEMENTATIONS[name][0](h.detach(), closed)
+        ctx.save_for_backward(h, norms)
+        ctx.closed, ctx.name = closed, name
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        h, norms = ctx.saved_tensors
+        grad = _IMPLEMENTATIONS[ctx.name][1](h.detach(), norms, grad_out.to(h.dtype), ctx.closed)
+        return grad, None, None
+
+
+# Each implementation: forward(h, closed) -> (0-dim length of h's dtype, float64 segment norms)
+# and backward(h, norms, grad_out, closed) -> gradient, for a contiguous (B, D) float32/float64 h.
+
+
+def _cpu_forward(h, closed):
+    from . import _C
+
+    total, norms = _C.traj_length_forward(h.numpy(), closed)
+    return torch.tensor(total, dtype=h.dtype), torch.from_numpy(norms)
+
+
+def _cpu_backward(h, norms, grad_out, closed):
+    from . import _C
+
+    grad = torch.empty_like(h)
+    _C.traj_length_backward(h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
+    return grad
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_kernels():
+    import numba
+
+    @numba.njit(parallel=True)
+    def forward(h, norms):
+        b, d = h.shape
+        for i in numba.prange(norms.shape[0]):
+            nxt = i + 1 if i + 1 < b else 0
+            acc = 0.0
+            for k in range(d):
+                diff = np.float64(h[nxt, k]) - np.float64(h[i, k])
+                acc += diff * diff
+            norms[i] = math.sqrt(acc)
+
+    @numba.njit(parallel=True)
+    def backward(h, norms, g, closed, grad):
+        b, d = h.shape
+        s = norms.shape[0]
+        for row in numba.prange(b):
+            j = np.int64(row)  # the prange index may be unsigned; keep neighbour indices int64
+            # Segment j-1 (B-1, closing, for j = 0) comes in, segment j goes out; a missing
+            # neighbour (open path ends) is row j itself with a zero coefficient.
+            prev, nxt = j, j
+            if j > 0:
+                prev = j - 1
+            elif closed:
+                prev = b - 1
+            if j + 1 < b:
+                nxt = j + 1
+            elif closed:
+                nxt = 0
+            cp = 0.0
+            if prev != j and norms[prev] > 0.0:
+                cp = g / norms[prev]
+            cn = 0.0
+            if j < s and norms[j] > 0.0:
+                cn = g / norms[j]
+            for k in range(d):
+                x = np.float64(h[j, k])
+                grad[j, k] = cp * (x - np.float64(h[prev, k])) - cn * (np.float64(h[nxt, k]) - x)
+
+    return forward, backward
+
+
+def _numba_forward(h, closed):
+    norms = np.empty(h.shape[0] if closed else h.shape[0] - 1)
+    _numba_kernels()[0](h.numpy(), norms)
+    return torch.tensor(norms.sum(), dtype=h.dtype), torch.from_numpy(norms)
+
+
+def _numba_backward(h, norms, grad_out, closed):
+    grad = torch.empty_like(h)
+    _numba_kernels()[1](h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
+    return grad
+
+
+def _torch_segments(h, closed):
+    return (torch.roll(h, -1, 0) - h) if closed else (h[1:] - h[:-1])
+
+
+def _torch_forward(h, closed):
+    norms = torch.linalg.vector_norm(_torch_segments(h, closed), dim=1, dtype=torch.float64)
+    return norms.sum().to(h.dtype), norms
+
+
+def _torch_backward(h, norms, grad_out, closed):
+    safe = torch.where(norms > 0, norms, 1.0).to(h.dtype)  # zero segments are zero rows: 0 / 1 = 0
+    units = _torch_segments(h, closed) / safe[:, None] * grad_out
+    if closed:
+        return torch.roll(units, 1, 0) - units
+    grad = torch.zeros_like(h)
+    grad[1:] += units
+    grad[:-1] -= units
+    return grad
+
+
+# Launch geometry of csrc/cuda/traj_length.cu (twins of TL_THREADS, TL_CHUNK, TL_ROWS).
+_CUDA_THREADS, _CUDA_CHUNK, _CUDA_ROWS = 256, 1024, 16
+_CUDA_TARGET_BLOCKS = 2048  # enough blocks to fill an H100 a few times over
+_CUDA_MAX_GRID_Y = 65535
+
+
+def _cuda_launch(kernel, dtype, grid, args):
+    """Launch ``traj_length_<kernel>_<f32|f64>`` on torch's current stream; tensors go as DLPack."""
+    import cupy
+
+    from .backends.cuda_compile import get_function
+
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    stream = torch.cuda.current_stream(device)
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
+        function = get_function("traj_length.cu", f"traj_length_{kernel}_{suffix}")
+        function(grid, (_CUDA_THREADS,), tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def _cuda_forward(h, closed):
+    b, d = h.shape
+    s = b if closed else b - 1
+    tiles = -(-s // _CUDA_ROWS)
+    gy = max(1, min(-(-d // _CUDA_CHUNK), -(-_CUDA_TARGET_BLOCKS // tiles), _CUDA_MAX_GRID_Y))
+    nb = min(-(-s // _CUDA_THREADS), 1024)
+    new = functools.partial(torch.empty, dtype=torch.float64, device=h.device)
+    part, norms, block_sums = new((gy, s)), new(s), new(nb)
+    counter = torch.zeros(1, dtype=torch.int32, device=h.device)
+    out = torch.empty((), dtype=h.dtype, device=h.device)
+    _cuda_launch("partial", h.dtype, (tiles, gy), (h, np.int64(b), np.int64(d), np.int32(closed), part))
+    _cuda_launch("finalize", h.dtype, (nb,), (part, np.int64(gy), np.int64(s), norms, block_sums, counter, out))
+    return out, norms
+
+
+def _cuda_backward(h, norms, grad_out, closed):
+    b, d = h.shape
+    grad = torch.empty_like(h)
+    grid = (-(-b // _CUDA_ROWS), min(-(-d // _CUDA_CHUNK), _CUDA_MAX_GRID_Y))
+    args = (h, norms, grad_out.reshape(1).contiguous(), np.int64(b), np.int64(d), np.int32(closed), grad)
+    _cuda_launch("backward", h.dtype, grid, args)
+    return grad
+
+
+_IMPLEMENTATIONS = {
+    "cpu": (_cpu_forward, _cpu_backward),
+    "cuda": (_cuda_forward, _cuda_backward),
+    "numba": (_numba_forward, _numba_backward),
+    "torch": (_torch_forward, _torch_backward),
+}

@@ -1,0 +1,207 @@
+"""fastexpr.trajectory_length: gradients, values and errors, for every implementation usable here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastexpr import autograd
+from fastexpr.autograd import trajectory_length
+from fastexpr.backends import BackendUnavailable
+
+CUDA = torch.cuda.is_available()
+CASES = [("cpu", "cpu"), ("numba", "cpu"), ("torch", "cpu"), ("cuda", "cuda"), ("torch", "cuda")]
+
+
+@pytest.fixture(params=CASES, ids=[f"{name}-{device}" for name, device in CASES])
+def impl(request):
+    """(implementation, device), skipped where it cannot run."""
+    name, device = request.param
+    if device == "cuda" and not CUDA:
+        pytest.skip("no CUDA device")
+    reason = autograd.unavailable_reason(name, device)
+    if reason is not None:
+        pytest.skip(reason)
+    return name, device
+
+
+def plain(h, closed=False):
+    """The plain torch expression (differentiable through torch's own autograd)."""
+    value = (h[1:] - h[:-1]).flatten(1).norm(dim=1).sum()
+    if closed:
+        value = value + (h[0] - h[-1]).norm()
+    return value
+
+
+def run(impl, h, closed=False):
+    return trajectory_length(h, closed=closed, backend=impl[0])
+
+
+def randn(*shape, device="cpu", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3), (3, 1), (7, 5), (4, 2, 3)])
+def test_gradcheck(impl, closed, shape):
+    h = randn(*shape, device=impl[1]).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: run(impl, x, closed), (h,))
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_gradcheck_repeated_rows(impl, closed):
+    h = randn(6, 4, device=impl[1])
+    h[2] = h[1]  # zero-length segment: the zero subgradient matches central differences
+    h[5] = h[0]  # closing segment of zero length; also a repeat far apart
+    assert torch.autograd.gradcheck(lambda x: run(impl, x, closed), (h.requires_grad_(),))
+
+
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_matches_plain_expression(impl, closed, dtype):
+    h = randn(9, 2, 11, device=impl[1], seed=1).to(dtype).requires_grad_()
+    value = run(impl, h, closed)
+    (grad,) = torch.autograd.grad(value, h)
+    reference = h.detach().double().requires_grad_()
+    expected = plain(reference, closed)
+    (expected_grad,) = torch.autograd.grad(expected, reference)
+    assert value.dtype == dtype and value.device == h.device and value.shape == ()
+    assert grad.dtype == dtype and grad.shape == h.shape
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(value.double(), expected, rtol=tol, atol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(2, 300_000), (300, 1000), (5, 70_000)])
+def test_large_inputs_use_every_code_path(impl, shape):
+    """Row-parallel, column-chunked and multi-block paths agree with the plain expression."""
+    h = randn(*shape, device=impl[1], dtype=torch.float32, seed=2).requires_grad_()
+    for closed in (False, True):
+        value = run(impl, h, closed)
+        (grad,) = torch.autograd.grad(value, h)
+        reference = h.detach().double().requires_grad_()
+        expected = plain(reference, closed)
+        (expected_grad,) = torch.autograd.grad(expected, reference)
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_zero_length_segments_give_finite_zero_gradients(impl, closed):
+    h = torch.ones(5, 3, dtype=torch.float64, device=impl[1], requires_grad=True)
+    value = run(impl, h, closed)
+    (grad,) = torch.autograd.grad(value, h)
+    assert value.item() == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # One repeated row among distinct ones: the rows at the ends of the zero segment get
+    # only the other segments' unit vectors.
+    h = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 4.0], [3.0, 0.0]], dtype=torch.float64, device=impl[1],
+                     requires_grad=True)
+    (grad,) = torch.autograd.grad(run(impl, h, False), h)
+    expected = torch.tensor([[-0.6, -0.8], [0.6, 0.8], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    torch.testing.assert_close(grad.cpu(), expected)
+
+
+def test_one_segment_closed_counts_twice(impl):
+    h = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64, device=impl[1], requires_grad=True)
+    assert run(impl, h, False).item() == pytest.approx(5.0)
+    value = run(impl, h, True)
+    assert value.item() == pytest.approx(10.0)
+    (grad,) = torch.autograd.grad(value, h)
+    torch.testing.assert_close(grad.cpu(), torch.tensor([[-1.2, -1.6], [1.2, 1.6]], dtype=torch.float64))
+
+
+def test_non_contiguous_input(impl):
+    h = randn(6, 9, device=impl[1]).t()  # (9, 6) view
+    torch.testing.assert_close(run(impl, h), plain(h))
+
+
+def test_gradient_scales_with_upstream_gradient(impl):
+    h = randn(5, 3, device=impl[1]).requires_grad_()
+    (grad,) = torch.autograd.grad(3.5 * run(impl, h), h)
+    (expected,) = torch.autograd.grad(3.5 * plain(h), h)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_double_backward_is_refused(impl):
+    h = randn(4, 3, device=impl[1]).requires_grad_()
+    (grad,) = torch.autograd.grad(run(impl, h) ** 2, h, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+    (grad,) = torch.autograd.grad(run(impl, h), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):  # not a silent zero
+        grad.sum().backward()
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        trajectory_length(np.ones((3, 2)))
+    with pytest.raises(TypeError, match="floating-point"):
+        trajectory_length(torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="floating-point"):
+        trajectory_length(torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least two samples"):
+        trajectory_length(torch.ones(1, 5))
+    with pytest.raises(ValueError, match="at least two samples"):
+        trajectory_length(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="at least one feature"):
+        trajectory_length(torch.ones(4, 0))
+    with pytest.raises(ValueError, match="unknown trajectory-length backend"):
+        trajectory_length(torch.ones(3, 2), backend="fortran")
+    with pytest.raises(BackendUnavailable, match="cuda tensors only"):
+        trajectory_length(torch.ones(3, 2), backend="cuda")
+
+
+def test_environment_overrides_auto(monkeypatch):
+    monkeypatch.setenv(autograd.ENV_BACKEND, "torch")
+    assert autograd.choose_backend("auto", "cpu") == "torch"
+    assert autograd.choose_backend("torch", "cpu") == "torch"
+    monkeypatch.delenv(autograd.ENV_BACKEND)
+    assert autograd.choose_backend("auto", "cpu") == autograd.available("cpu")[0]
+
+
+def test_one_dimensional_input_is_a_path_on_the_line():
+    h = torch.tensor([0.0, 2.0, -1.0], requires_grad=True)
+    value = trajectory_length(h)
+    assert value.item() == pytest.approx(5.0)
+    (grad,) = torch.autograd.grad(value, h)
+    torch.testing.assert_close(grad, torch.tensor([-1.0, 2.0, -1.0]))
+
+
+def test_extension_checks_its_arguments():
+    reason = autograd.unavailable_reason("cpu", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    from fastexpr import _C
+
+    h = np.ones((3, 4))
+    total, norms = _C.traj_length_forward(h, False)
+    out = np.empty_like(h)
+    with pytest.raises(ValueError, match="2-D"):
+        _C.traj_length_forward(np.ones(3), False)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _C.traj_length_forward(np.ones((3, 4), dtype=np.int32), False)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.traj_length_forward(np.ones((3, 8))[:, ::2], False)
+    with pytest.raises(ValueError, match="at least two rows"):
+        _C.traj_length_forward(np.ones((1, 4)), False)
+    with pytest.raises(ValueError, match="segment lengths"):
+        _C.traj_length_backward(h, norms, 1.0, True, out)  # closed needs 3 norms, got 2
+    with pytest.raises(ValueError, match="shape and dtype"):
+        _C.traj_length_backward(h, norms, 1.0, False, np.empty((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="overlap"):
+        _C.traj_length_backward(h, norms, 1.0, False, h)
+
+
+@pytest.mark.parametrize("scale, upstream", [(1e-30, 1.0), (1e30, 1.0), (1e30, 1e-20), (1e-30, 1e30)])
+def test_float32_extremes_neither_overflow_nor_underflow(impl, scale, upstream):
+    """Tiny or huge activations, and upstream gradients whose ratio to the norms leaves float32."""
+    h = (randn(6, 300, device=impl[1], seed=3) * scale).float().requires_grad_()
+    value = run(impl, h)
+    (grad,) = torch.autograd.grad(value, h, torch.tensor(upstream, device=impl[1]))
+    reference = h.detach().double().requires_grad_()
+    expected = plain(reference)
+    (expected_grad,) = torch.autograd.grad(expected, reference, torch.tensor(upstream, dtype=torch.float64))
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6 * upstream)
