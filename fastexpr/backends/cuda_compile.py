@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from pathlib import Path
 
 
 def source_dir():
-    """The directory holding ``cuda/`` and ``common/`` (the installed ``fastexpr._csrc``)."""
-    return resources.files("fastexpr._csrc")
+    """The directory holding ``cuda/`` and ``common/``: the installed ``fastexpr._csrc``, or the
+    checkout's ``csrc/`` when fastexpr runs from a source tree that was never installed."""
+    try:
+        return resources.files("fastexpr._csrc")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "csrc"
 
 
 @functools.lru_cache(maxsize=None)

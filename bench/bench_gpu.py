@@ -1,0 +1,98 @@
+"""The GPU benchmark of issue 3: the cuda backend against pure PyTorch, the fp32 GEMMs alone and the roofline.
+
+    python bench/bench_gpu.py --out bench/gpu.json          # the issue's setting, about two minutes on an H100
+    python bench/bench_gpu.py --widths 64 128 --points 1048576
+
+Setting: hardtanh, sigma_w = 4, sigma_b = 0.5, depth 10, input dimension 784, arc, float32,
+all measures on; widths 64 .. 1024 at 2^24 points. In one run on one GPU (bench/compare.py
+does the timing): points/s of ``cuda`` and of the ``torch`` backend (first layer projected,
+chunked, TF32 off), the hidden layers' fp32 GEMMs alone (torch.mm, TF32 off) and the roofline
+(hidden-layer FLOPs per point over the measured fp32 GEMM peak). Prints a table, checks the
+issue's targets and writes everything as JSON to ``--out``. Exits 0 with a message where no
+GPU or no cuda backend is available.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import compare  # noqa: E402  (bench/compare.py: the shared timing code)
+
+#: Issue 3's targets for cuda in float32: a fraction of the roofline, or a rate in points/s.
+TARGETS = {64: ("rate", 250e6), 128: ("rate", 100e6), 256: ("roofline", 0.6), 512: ("roofline", 0.6),
+           1024: ("roofline", 0.6)}
+#: The issue's careful pure-PyTorch implementation on an H100 80 GB HBM3, points/s.
+ISSUE_TORCH_H100 = {64: 23.0e6, 128: 11.5e6, 256: 5.96e6, 512: 2.71e6, 1024: 1.17e6}
+
+
+def gpu_or_reason() -> str | None:
+    """The GPU's name, or None after printing why this benchmark cannot run here."""
+    import torch
+
+    import fastexpr as fx
+    from fastexpr import backends
+
+    if not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU visible to PyTorch; nothing to measure here")
+        return None
+    if "cuda" not in fx.available_backends():
+        print(f"bench_gpu: the cuda backend is unavailable: {backends.missing_backends()['cuda']}")
+        return None
+    return torch.cuda.get_device_name()
+
+
+def target_met(width: int, rate: float, roofline: float) -> str:
+    kind, value = TARGETS.get(width, (None, None))
+    if kind == "rate":
+        return f"{'met' if rate >= value else 'MISSED'} (>= {value / 1e6:.0f} M/s)"
+    if kind == "roofline":
+        return f"{'met' if rate >= value * roofline else 'MISSED'} (>= {100 * value:.0f}% roofline)"
+    return "-"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--points", type=int, default=1 << 24)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="write the rows, GPU name and targets as JSON to this file")
+    args = p.parse_args(argv)
+
+    name = gpu_or_reason()
+    if name is None:
+        return 0
+    import torch
+
+    torch.set_float32_matmul_precision("highest")  # no TF32 anywhere: fp32 GEMM peak and gemm-only too
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.json")
+        compare.main(["--device", "cuda", "--backends", "cuda", "torch", "--dtype", "float32",
+                      "--depth", "10", "--input-dim", "784", "--sigma-w", "4", "--sigma-b", "0.5",
+                      "--points", str(args.points), "--repeats", str(args.repeats), "--json", path,
+                      "--widths", *map(str, args.widths)])
+        with open(path) as f:
+            rows = json.load(f)
+
+    print(f"\nGPU: {name}; targets of issue 3 for cuda (float32):")
+    for row in rows:
+        row["gpu"] = name
+        if row["backend"] == "cuda":
+            row["target"] = target_met(row["width"], row["points_per_s"], row["roofline_points_per_s"])
+            issue = ISSUE_TORCH_H100.get(row["width"])
+            vs_issue = f", {row['points_per_s'] / issue:.1f}x the issue's H100 torch figure" if issue else ""
+            print(f"  width {row['width']:>5}: {row['points_per_s'] / 1e6:9.2f} M points/s, "
+                  f"{100 * row['fraction_of_roofline']:5.1f}% of roofline: {row['target']}{vs_issue}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(gpu=name, points=args.points, rows=rows), f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
