@@ -11,9 +11,9 @@ import numpy as np
 from fastexpr.plan import ARC, CIRCLE, LINE
 
 
-def sample_points(trajectory, n_points: int) -> np.ndarray:
-    """x(t_i) for t_i = i / (n_points - 1), straight from the definitions in the README."""
-    t = np.array([i / (n_points - 1) for i in range(n_points)])
+def sample_points(trajectory, n_points: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """x(t_i) for t_i = i / (n_points - 1), i = start .. stop-1, straight from the definitions in the README."""
+    t = np.array([i / (n_points - 1) for i in range(start, n_points if stop is None else stop)])
     b = trajectory.basis
     if trajectory.kind == LINE:
         return (1 - t)[:, None] * b[0] + t[:, None] * b[1]
@@ -22,7 +22,7 @@ def sample_points(trajectory, n_points: int) -> np.ndarray:
     if trajectory.kind == CIRCLE:
         return np.cos(2 * np.pi * t)[:, None] * b[0] + np.sin(2 * np.pi * t)[:, None] * b[1]
     m = b.shape[0]
-    out = np.empty((n_points, b.shape[1]))
+    out = np.empty((t.size, b.shape[1]))
     for i, ti in enumerate(t):
         s = ti * (m - 1)
         j = min(int(np.floor(s)), m - 2)
@@ -51,9 +51,9 @@ def path_length(h: np.ndarray) -> float:
     return float(np.sum(np.sqrt(np.sum((h[1:] - h[:-1]) ** 2, axis=1))))
 
 
-def reference_measure(net, trajectory, n_points: int) -> dict:
-    """All measures of ``trajectory`` through ``net`` at ``n_points`` samples, in float64."""
-    h = sample_points(trajectory, n_points)
+def reference_measure(net, trajectory, n_points: int, start: int = 0, stop: int | None = None) -> dict:
+    """All measures of ``trajectory`` through ``net`` over samples start .. stop-1 of ``n_points``, in float64."""
+    h = sample_points(trajectory, n_points, start, stop)
     lengths = [path_length(h)]
     transitions, pattern_changes, all_codes = [], [], []
     for w, b, act in zip(net.weights, net.biases, net.activations):

@@ -104,3 +104,25 @@ def test_inputs_of_other_dtypes_and_layouts(backend):
     traj = fx.line(x0, rng.standard_normal(INPUT_DIM).astype(np.float16))
     result = fx.measure(net, traj, 500, backend=backend, dtype="float64")
     assert_matches_reference(result, reference_measure(net, traj, 500))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_points", [2**31 + 7, 2**40 + 17])
+def test_sample_indices_beyond_32_bits(backend, n_points):
+    """A window of a trajectory longer than 2^31 samples: indices and counts stay 64-bit."""
+    module = backend_or_skip(backend)
+    net = network("mixed", INPUT_DIM, seed=2)
+    start, stop = n_points - 600, n_points
+    rng = np.random.default_rng(2)
+    end, direction = rng.standard_normal((2, INPUT_DIM))
+    # the last 600 samples run over a stretch of length 2 ending at `end`, where neurons change region
+    far = end - (n_points - 1) / 600 * 2.0 * direction / np.linalg.norm(direction)
+    for traj in (fx.line(far, end), fx.polyline(np.stack([end, rng.standard_normal(INPUT_DIM), far]), closed=True)):
+        part = module.run(fx.make_plan(net, traj, n_points, "float64"), start, stop)
+        ref = reference_measure(net, traj, n_points, start, stop)
+        assert ref["network_changes"] > 0  # the window is not trivially constant
+        np.testing.assert_array_equal(part.transitions, ref["transitions"])
+        np.testing.assert_array_equal(part.pattern_changes, ref["pattern_changes"])
+        assert part.network_changes == ref["network_changes"]
+        assert np.unique(part.run_hashes).size == ref["distinct_patterns"]
+        np.testing.assert_allclose(part.lengths, ref["lengths"], rtol=1e-6)
