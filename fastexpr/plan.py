@@ -24,7 +24,7 @@ Semantics, in brief (README "Semantics" has the long form):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -120,11 +120,17 @@ class Partials:
     #                              full pattern differs from its predecessor's (network_changes + 1
     #                              values; a backend may drop repeated values early, never lose
     #                              a distinct one or invent one)
+    _deduplicated: int = field(default=0, repr=False)  # run_hashes' size after its last np.unique
 
     def __iadd__(self, other: "Partials") -> "Partials":
         self.transitions = self.transitions + other.transitions
         self.pattern_changes = self.pattern_changes + other.pattern_changes
         self.network_changes += other.network_changes
         self.lengths = self.lengths + other.lengths
-        self.run_hashes = np.unique(np.concatenate([self.run_hashes, other.run_hashes]))
+        self.run_hashes = np.concatenate([self.run_hashes, other.run_hashes])
+        # De-duplicate once the array has doubled since the last time: O(H log H) over a whole
+        # run instead of a sort of everything gathered so far after every chunk.
+        if self.run_hashes.size >= 2 * self._deduplicated + (1 << 20):
+            self.run_hashes = np.unique(self.run_hashes)
+            self._deduplicated = self.run_hashes.size
         return self
