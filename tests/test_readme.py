@@ -1,0 +1,20 @@
+"""The README's Python examples run as written (docs that match the code)."""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_readme_example_runs(index):
+    code = EXAMPLES[index].replace("n_points=2**20", "n_points=2**12")  # keep the suite quick
+    exec(compile(code, f"README.md example {index}", "exec"), {})
