@@ -30,7 +30,7 @@ def probe() -> None:
     import numba  # noqa: F401
 
 
-_jit = njit(cache=True, fastmath=False, nogil=True)
+_jit = njit(cache=True, fastmath=False)
 
 
 @_jit
@@ -81,7 +81,10 @@ def _input_length(kind, n, c0, c1, seg, gram, vertices, seg_len):
 
 @_jit
 def _first_layer(kind, n, c0, c1, seg, proj, bias1, z):
-    """z[j, p] = c0 proj[.., j] + c1 proj[.., j] + bias1[j] in float64, cast to z's dtype."""
+    """z[j, p] = c0[p] proj[s, j] + c1[p] proj[s + 1, j] + bias1[j] in float64, cast to z's dtype.
+
+    s = 0 for the two-vector kinds, the sample's segment for POLYLINE.
+    """
     for j in range(z.shape[0]):
         b = bias1[j]
         row = z[j]

@@ -21,7 +21,7 @@ from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, pattern_keys
 NAME = "torch"
 
 #: Samples per chunk (neighbouring chunks share one sample).
-CHUNK = 1 << 15
+CHUNK = 1 << 14
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
@@ -51,6 +51,8 @@ class _Tensors:
     """The plan's arrays as tensors on the plan's device, plus the pattern-hash keys."""
 
     def __init__(self, plan):
+        if np.dtype(plan.dtype) not in _DTYPES:
+            raise ValueError(f"plan dtype must be float32 or float64, got {plan.dtype}")
         self.device = torch.device(plan.device)
         self.dtype = _DTYPES[np.dtype(plan.dtype)]
         f64 = dict(dtype=torch.float64, device=self.device)
