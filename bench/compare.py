@@ -3,18 +3,21 @@
     python bench/compare.py                      # issue 2's setting: width 128, depth 10, 2^18 points
     python bench/compare.py --widths 64 128 256 --points 262144 --json out.json
 
-The hardware limit is the hidden layers' fp32 FLOPs per point over the measured GEMM
-peak (torch.mm on large square matrices, same threads); "gemm only" times the same hidden
-layers' matrix products alone at the kernel's shapes, without any of the measures.
+Each backend is timed in a fresh process on the same data (fixed seeds). The hardware
+limit is the hidden layers' fp32 FLOPs per point over the measured GEMM peak (torch.mm on
+large square matrices, same threads); "gemm only" times torch's products of the same hidden
+layers alone on 65,536 rows, without activations or any of the measures.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -62,14 +65,35 @@ def gemm_only_points_per_s(net: fx.Network, device: str, rows: int = 1 << 16, re
     return rows / best
 
 
-def time_backend(net, traj, n_points, backend, dtype, repeats) -> float:
-    fx.measure(net, traj, min(n_points, 4096), backend=backend, dtype=dtype, progress=False)  # warm-up, JIT, caches
+def setting(width: int, args) -> tuple[fx.Network, fx.Trajectory]:
+    """The benchmark's network and arc (fixed seeds: every process builds the same data)."""
+    net = fx.random_mlp(args.depth, width, args.input_dim, "hardtanh", sigma_w=args.sigma_w, sigma_b=args.sigma_b,
+                        seed=0)
+    x0, x1 = np.random.default_rng(1).standard_normal((2, args.input_dim))
+    if args.device.startswith("cuda"):
+        x0, x1 = torch.tensor(x0, device=args.device), torch.tensor(x1, device=args.device)
+        net = fx.from_arrays([torch.tensor(w, device=args.device) for w in net.weights], list(net.biases),
+                             list(net.activations))
+    return net, fx.arc(x0, x1)
+
+
+def points_per_s(backend: str, width: int, args) -> float:
+    """Median points/s of one backend (warm-up first: JIT, caches, kernel compilation)."""
+    net, traj = setting(width, args)
+    fx.measure(net, traj, min(args.points, 4096), backend=backend, dtype=args.dtype, progress=False)
     times = []
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         t0 = time.perf_counter()
-        fx.measure(net, traj, n_points, backend=backend, dtype=dtype, progress=False)
+        fx.measure(net, traj, args.points, backend=backend, dtype=args.dtype, progress=False)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return args.points / statistics.median(times)
+
+
+def points_per_s_isolated(backend: str, width: int, args) -> float:
+    """``points_per_s`` in a fresh process, so that no backend's idle worker threads (numba's,
+    OpenMP's, torch's spin for a while after a parallel region) slow the next one down."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(points_per_s, backend, width, args).result()
 
 
 def main(argv=None) -> int:
@@ -100,19 +124,10 @@ def main(argv=None) -> int:
     header = f"{'width':>6} {'backend':>8} {'M pts/s':>9} {'vs torch':>9} {'gemm-only':>10} {'roofline':>9} {'% roof':>7}"
     print(header)
     for width in args.widths:
-        net = fx.random_mlp(args.depth, width, args.input_dim, "hardtanh", sigma_w=args.sigma_w,
-                            sigma_b=args.sigma_b, seed=0)
-        rng = np.random.default_rng(1)
-        x0, x1 = rng.standard_normal((2, args.input_dim))
-        if device.startswith("cuda"):
-            x0, x1 = torch.tensor(x0, device=device), torch.tensor(x1, device=device)
-        traj = fx.arc(x0, x1)
-        if device.startswith("cuda"):
-            net = fx.from_arrays([torch.tensor(w, device=device) for w in net.weights], list(net.biases),
-                                 list(net.activations))
+        net, _ = setting(width, args)
         roofline = peak / hidden_flops_per_point(net.widths)
         gemm_only = gemm_only_points_per_s(net, device)
-        rates = {b: args.points / time_backend(net, traj, args.points, b, args.dtype, args.repeats) for b in names}
+        rates = {b: points_per_s_isolated(b, width, args) for b in names}
         for b, rate in rates.items():
             row = dict(width=width, backend=b, points_per_s=rate, vs_torch=rate / rates["torch"] if "torch" in rates
                        else float("nan"), gemm_only_points_per_s=gemm_only, roofline_points_per_s=roofline,
