@@ -90,7 +90,7 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
     """Every plan through ``module`` chunk by chunk, with an optional progress bar."""
     from tqdm.auto import tqdm
 
-    chunk = getattr(module, "CHUNK", DEFAULT_CHUNK)
+    chunk = max(2, getattr(module, "CHUNK", DEFAULT_CHUNK))  # a chunk of 1 sample would never advance
     total = (n_points - 1) * len(plans)
     if progress is None:  # tqdm's disable=None: shown on a terminal only
         disable = None if total >= PROGRESS_FROM else True
