@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -79,6 +80,7 @@ def setting(width: int, args) -> tuple[fx.Network, fx.Trajectory]:
 
 def points_per_s(backend: str, width: int, args) -> float:
     """Median points/s of one backend (warm-up first: JIT, caches, kernel compilation)."""
+    warnings.simplefilter("ignore", fx.PrecisionWarning)  # speed is measured here, not precision
     net, traj = setting(width, args)
     fx.measure(net, traj, min(args.points, 4096), backend=backend, dtype=args.dtype, progress=False)
     times = []

@@ -1,6 +1,8 @@
 """measure(): validate, plan, dispatch to a backend chunk by chunk, reduce into a Result."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import backends
@@ -15,6 +17,12 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 DEFAULT_CHUNK = 1 << 20
 #: Show a progress bar by default from this many samples on (when stderr is a terminal).
 PROGRESS_FROM = 1 << 22
+#: Warn about float32 rounding from this many samples on (bench/RESULTS.md, section 2).
+FLOAT32_WARN_FROM = 1 << 20
+
+
+class PrecisionWarning(UserWarning):
+    """float32 at a resolution where rounding noise may inflate lengths and transitions."""
 
 
 def _dtype(dtype) -> np.dtype:
@@ -133,6 +141,11 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
         raise ValueError(f"a batch of explicit point sets must share one length, got {sorted(counts)}")
     n = counts.pop()
     plans = [make_plan(net, t, n, dtype) for t in trajs]
+    if plans[0].dtype == np.float32 and n >= FLOAT32_WARN_FROM:
+        warnings.warn(f"float32 at {n:,} samples: neighbouring samples differ by little more than float32 rounding, "
+                      "which can inflate lengths and transitions (by 0.1% to several-fold at 2^20-2^24 samples, most "
+                      "where layers contract); check with dtype='float64' (README, Precision)",
+                      PrecisionWarning, stacklevel=2)
     module = backends.resolve(backend, plans[0].device)
     parts = _run(module, plans, n, progress)
     fields = dict(

@@ -1,6 +1,9 @@
 """Bad input gives a clear ValueError/TypeError naming the problem, on every path into the library."""
 from __future__ import annotations
 
+import importlib
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +152,14 @@ def test_backends_check_their_arguments(backend):
         module.run(plan, 5, 3)
     with pytest.raises(ValueError):
         module.run(plan, 0, 11)
+
+
+def test_float32_at_high_resolution_warns(net, traj, monkeypatch):
+    measure_module = importlib.import_module("fastexpr.measure")  # the attribute fx.measure is the function
+    monkeypatch.setattr(measure_module, "FLOAT32_WARN_FROM", 1000)
+    with pytest.warns(fx.PrecisionWarning, match="dtype='float64'"):
+        fx.measure(net, traj, 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fx.measure(net, traj, 999)
+        fx.measure(net, traj, 1000, dtype="float64")
