@@ -5,6 +5,7 @@ namespace py = pybind11;
 
 void register_measure(py::module_& m);        // csrc/cpu/measure.cpp
 void register_traj_length(py::module_& m);    // csrc/cpu/traj_length.cpp
+void register_exact(py::module_& m);          // csrc/cpu/exact.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastexpr fused CPU kernels (C++/OpenMP); see fastexpr.backends.cpu";
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   register_measure(m);
   register_traj_length(m);
+  register_exact(m);
 }

@@ -39,3 +39,9 @@ def run(plan: Plan, start: int, stop: int) -> Partials:
         plan.proj, plan.bias1, list(plan.weights), list(plan.biases), list(plan.activations), plan.kind,
         plan.gram, plan.vertices, plan.seg_len, plan.n_points, start, stop, np.dtype(plan.dtype), tile=TILE)
     return Partials(transitions, pattern_changes, int(network_changes), lengths, hashes)
+
+
+def exact_walk(unit_kind, weights, biases, activations, k0, k1, k2, u0, u1, g_in, tol, max_crossings=0):
+    """Exact walk of units through a float64 network (csrc/cpu/exact.cpp; see fastexpr.exact)."""
+    return _extension().exact_walk(unit_kind, weights, biases, activations, k0, k1, k2, u0, u1, g_in, tol,
+                                   max_crossings)
