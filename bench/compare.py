@@ -81,6 +81,7 @@ def setting(width: int, args) -> tuple[fx.Network, fx.Trajectory]:
 def points_per_s(backend: str, width: int, args) -> float:
     """Median points/s of one backend (warm-up first: JIT, caches, kernel compilation)."""
     warnings.simplefilter("ignore", fx.PrecisionWarning)  # speed is measured here, not precision
+    warnings.simplefilter("ignore", fx.SaturationWarning)  # nor convergence
     net, traj = setting(width, args)
     fx.measure(net, traj, min(args.points, 4096), backend=backend, dtype=args.dtype, progress=False)
     times = []

@@ -5,8 +5,9 @@ activation-pattern changes, distinct patterns (linear regions) and the trajector
 at every layer, with fused C++/CUDA kernels. Importing is cheap: backends load on first use.
 """
 from .backends import available_backends, missing_backends
-from .measure import PrecisionWarning, make_plan, measure
+from .measure import PrecisionWarning, SaturationWarning, make_plan, measure
 from .network import Network, from_arrays, from_torch, random_mlp
+from .plan import OverflowInForwardPass
 from .result import Result
 from .trajectory import Trajectory, arc, great_circle, line, points, polyline
 
@@ -23,6 +24,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Network", "PrecisionWarning", "Result", "Trajectory", "arc", "available_backends", "from_arrays", "from_torch", "great_circle",
-    "line", "make_plan", "measure", "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
+    "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
+    "available_backends", "from_arrays", "from_torch", "great_circle", "line", "make_plan", "measure",
+    "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
 ]

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trajectory", choices=["arc", "line", "great_circle", "polyline"], default="arc")
     m.add_argument("--points", type=_positive_int, default=1 << 18, help="samples along the trajectory (1e6 works)")
     m.add_argument("--backend", default="auto", help="auto, cpu, numba, torch or cuda")
-    m.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    m.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="float32 is faster but can overcount from about 2^18 points (README, Precision)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_measure)

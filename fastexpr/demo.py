@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import numpy as np
 
-from .measure import measure
+from .measure import SATURATION_WARN_ABOVE, SaturationWarning, measure
 from .network import random_mlp
 from .trajectory import arc
 
 
 def sweep(depth=10, width=100, input_dim=100, sigmas=(1.0, 2.0, 4.0, 8.0, 16.0), seeds=3, n_points=1 << 16,
           sigma_b=0.5, backend="auto", progress=True):
-    """Per-layer transitions and lengths, averaged over seeds: arrays of shape (len(sigmas), depth + 1).
+    """Per-layer transitions and lengths, averaged over seeds: arrays of shape (len(sigmas), depth + 1),
+    the largest saturation over the seeds per sigma_w, and the backends used.
 
     Column 0 of ``transitions`` is zero (the input has no neurons); column 0 of ``lengths`` is
     the input arc's length.
@@ -27,6 +29,7 @@ def sweep(depth=10, width=100, input_dim=100, sigmas=(1.0, 2.0, 4.0, 8.0, 16.0),
 
     transitions = np.zeros((len(sigmas), depth + 1))
     lengths = np.zeros((len(sigmas), depth + 1))
+    saturation = np.zeros(len(sigmas))
     used = set()
     with tqdm(total=len(sigmas) * seeds, desc="demo sweep", unit="net", disable=not progress) as bar:
         for i, sigma_w in enumerate(sigmas):
@@ -34,15 +37,15 @@ def sweep(depth=10, width=100, input_dim=100, sigmas=(1.0, 2.0, 4.0, 8.0, 16.0),
                 net = random_mlp(depth, width, input_dim, "hardtanh", sigma_w=sigma_w, sigma_b=sigma_b, seed=seed)
                 rng = np.random.default_rng(10_000 + seed)
                 q, _ = np.linalg.qr(rng.standard_normal((input_dim, 2)))  # orthonormal: a true circular arc
-                # float64: in the ordered regime (small sigma_w) layers contract and, this finely
-                # sampled, float32 rounding noise would swamp the true segment lengths
-                result = measure(net, arc(q[:, 0], q[:, 1]), n_points, backend=backend, dtype="float64",
-                                 progress=False)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SaturationWarning)  # run_demo reports it once
+                    result = measure(net, arc(q[:, 0], q[:, 1]), n_points, backend=backend, progress=False)
                 used.add(result.backend)
+                saturation[i] = max(saturation[i], result.saturation)
                 transitions[i, 1:] += result.transitions / seeds
                 lengths[i] += result.lengths / seeds
                 bar.update()
-    return transitions, lengths, sorted(used)
+    return transitions, lengths, saturation, sorted(used)
 
 
 def format_table(sigmas, transitions, lengths) -> str:
@@ -97,11 +100,15 @@ def run_demo(out_dir="fastexpr_demo", backend="auto", n_points=1 << 19, seeds=4,
              sigmas=(1.0, 2.0, 4.0, 8.0, 16.0), progress=True) -> int:
     """The whole demo: sweep, print, plot. Returns a process exit code."""
     start = time.perf_counter()
-    transitions, lengths, used = sweep(depth=depth, width=width, sigmas=sigmas, seeds=seeds, n_points=n_points,
-                                       backend=backend, progress=progress)
+    transitions, lengths, saturation, used = sweep(depth=depth, width=width, sigmas=sigmas, seeds=seeds,
+                                                   n_points=n_points, backend=backend, progress=progress)
     print(f"\nRandom hard-tanh networks, width {width}, sigma_b 0.5, {n_points:,} points on a circular arc, float64, "
           f"{seeds} seeds, backend {', '.join(used)}\n")
     print(format_table(sigmas, transitions, lengths))
+    saturated = [f"{s:g} ({v:.0%})" for s, v in zip(sigmas, saturation) if v > SATURATION_WARN_ABOVE]
+    if saturated:
+        print(f"\nsaturated (more than {SATURATION_WARN_ABOVE:.0%} of sample pairs change pattern) at sigma_w "
+              f"{', '.join(saturated)}: there the deep layers' counts are lower bounds; raise --points")
     try:
         paths = plot(sigmas, transitions, lengths, out_dir)
         print(f"\nplots written to {os.path.abspath(out_dir)}/: " + ", ".join(os.path.basename(p) for p in paths))

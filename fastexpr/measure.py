@@ -7,7 +7,7 @@ import numpy as np
 
 from . import backends
 from .network import Network
-from .plan import ACTIVATION_CODES, POLYLINE, Partials, Plan
+from .plan import ACTIVATION_CODES, LINE, POLYLINE, OverflowInForwardPass, Partials, Plan
 from .result import Result
 from .trajectory import Trajectory, points
 
@@ -17,12 +17,20 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 DEFAULT_CHUNK = 1 << 20
 #: Show a progress bar by default from this many samples on (when stderr is a terminal).
 PROGRESS_FROM = 1 << 22
-#: Warn about float32 rounding from this many samples on (bench/RESULTS.md, section 2).
-FLOAT32_WARN_FROM = 1 << 20
+#: Warn about float32 rounding from this many samples on (README, Precision).
+FLOAT32_WARN_FROM = 1 << 16
+#: Warn when more than this fraction of consecutive sample pairs change whole-network pattern.
+SATURATION_WARN_ABOVE = 0.05
+#: Most samples a trajectory may have (the polyline sample positions are exact up to here).
+MAX_POINTS = 1 << 62
 
 
 class PrecisionWarning(UserWarning):
-    """float32 at a resolution where rounding noise may inflate lengths and transitions."""
+    """float32 at a resolution where rounding noise may inflate counts and lengths."""
+
+
+class SaturationWarning(UserWarning):
+    """So many sample pairs change pattern that the sampled counts are far from converged."""
 
 
 def _dtype(dtype) -> np.dtype:
@@ -40,8 +48,8 @@ def _n_points(n_points, trajectory: Trajectory) -> int:
     if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)):
         raise TypeError(f"n_points must be an integer, got {type(n_points).__name__}")
     n_points = int(n_points)
-    if n_points < 2:
-        raise ValueError(f"n_points must be at least 2, got {n_points}")
+    if not 2 <= n_points <= MAX_POINTS:
+        raise ValueError(f"n_points must be at least 2 and at most 2**62, got {n_points}")
     if trajectory.n_points is not None and n_points != trajectory.n_points:
         raise ValueError(f"an explicit point set is measured at its own {trajectory.n_points} points, "
                          f"got n_points={n_points}")
@@ -57,7 +65,54 @@ def as_trajectory(trajectory) -> Trajectory:
     return points(trajectory)
 
 
-def make_plan(net: Network, trajectory: Trajectory, n_points: int, dtype="float32") -> Plan:
+def _scale_of(a: np.ndarray) -> float:
+    """A power of two within a factor 2 of ``max|a|`` (1 for zeros): dividing by it is exact."""
+    top = float(np.max(np.abs(a)))
+    return float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0
+
+
+def _norms(rows: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the rows of a 2-D array, each scaled by its largest entry first."""
+    top = np.max(np.abs(rows), axis=1, keepdims=True)
+    safe = np.where(top > 0, top, 1.0)
+    return np.linalg.norm(rows / safe, axis=1) * safe[:, 0]
+
+
+def _input_geometry(trajectory: Trajectory) -> dict:
+    """The plan's input-length fields (``scale``, ``line_norm``, ``coords``, ``vertices``, ``seg_len``)."""
+    scale = _scale_of(trajectory.basis)
+    basis = trajectory.basis / scale
+    fields = dict(scale=scale, line_norm=0.0, coords=np.zeros((2, 2)), vertices=np.zeros((0, basis.shape[1])),
+                  seg_len=np.zeros(0))
+    if trajectory.kind == LINE:
+        fields["line_norm"] = float(_norms(basis[1:] - basis[:1])[0])
+    elif trajectory.kind == POLYLINE:
+        fields.update(vertices=basis, seg_len=_norms(np.diff(basis, axis=0)))
+    else:  # coordinates of u and v in an orthonormal basis of their span: R of the QR of [u v]
+        r = np.linalg.qr(basis.T, mode="r")
+        fields["coords"][: r.shape[0]] = r
+    return fields
+
+
+def _plan_basis(trajectory: Trajectory) -> np.ndarray:
+    """The basis the plan's coefficients refer to: the trajectory's, except (x0, x1 - x0) for a LINE."""
+    basis = trajectory.basis
+    return np.stack([basis[0], basis[1] - basis[0]]) if trajectory.kind == LINE else basis
+
+
+def _cast_weights(net: Network, dtype: np.dtype) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Weights and biases of layers 2..L in ``dtype``; OverflowInForwardPass if one does not fit."""
+    top = np.finfo(dtype).max
+    for d, (w, b) in enumerate(zip(net.weights[1:], net.biases[1:]), start=2):
+        largest = max(np.max(np.abs(w)), np.max(np.abs(b)))
+        if largest > top:
+            raise OverflowInForwardPass(f"layer {d} has a weight or bias of magnitude {largest:.3g}, beyond "
+                                        f"{dtype.name}'s largest number; use dtype='float64'")
+    return (tuple(np.ascontiguousarray(w, dtype=dtype) for w in net.weights[1:]),
+            tuple(np.ascontiguousarray(b, dtype=dtype) for b in net.biases[1:]))
+
+
+def make_plan(net: Network, trajectory: Trajectory, n_points: int, dtype="float64") -> Plan:
     """The normalised plan for one trajectory: first layer projected onto the trajectory's basis."""
     if not isinstance(net, Network):
         raise TypeError(f"expected a fastexpr Network (see random_mlp, from_torch, from_arrays), got {type(net).__name__}")
@@ -65,22 +120,18 @@ def make_plan(net: Network, trajectory: Trajectory, n_points: int, dtype="float3
         raise ValueError(f"the trajectory has dimension {trajectory.dim} but the network expects inputs of "
                          f"dimension {net.input_dim}")
     dtype = _dtype(dtype)
-    basis = trajectory.basis
-    polyline = trajectory.kind == POLYLINE
-    empty = np.zeros((0, basis.shape[1]))
+    weights, biases = _cast_weights(net, dtype)
     return Plan(
         n_points=int(n_points),
         dtype=dtype,
         activations=tuple(ACTIVATION_CODES[a] for a in net.activations),
         widths=net.widths,
         kind=trajectory.kind,
-        proj=np.ascontiguousarray(basis @ net.weights[0].T),
+        proj=np.ascontiguousarray(_plan_basis(trajectory) @ net.weights[0].T),
         bias1=net.biases[0],
-        weights=tuple(np.ascontiguousarray(w, dtype=dtype) for w in net.weights[1:]),
-        biases=tuple(np.ascontiguousarray(b, dtype=dtype) for b in net.biases[1:]),
-        gram=np.zeros((2, 2)) if polyline else basis @ basis.T,
-        vertices=basis if polyline else empty,
-        seg_len=np.linalg.norm(np.diff(basis, axis=0), axis=1) if polyline else np.zeros(0),
+        weights=weights,
+        biases=biases,
+        **_input_geometry(trajectory),
         device=net.device if net.device != "cpu" else trajectory.device,
     )
 
@@ -120,7 +171,7 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
     return totals
 
 
-def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float32",
+def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float64",
             progress: bool | None = None) -> Result:
     """Transitions, pattern changes, distinct patterns and lengths of ``trajectory`` through ``net``.
 
@@ -128,8 +179,15 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     or an explicit ``(N, dim)`` array) or a list of them, which gives a batched Result with a
     leading trajectory axis. ``n_points`` samples ``t_i = i / (n_points - 1)``; it may be omitted
     for explicit point sets. ``backend`` is "auto" (fastest available where the data lives),
-    "cpu", "numba", "torch" or "cuda"; ``dtype`` the forward pass's precision. ``progress``:
-    True/False forces the progress bar on/off; None shows it for long runs on a terminal.
+    "cpu", "numba", "torch" or "cuda". ``dtype`` is the forward pass's precision: "float64"
+    (default) or "float32", about twice as fast but able to overcount transitions and patterns
+    and inflate lengths from about 2^18 samples on (``PrecisionWarning`` from 2^16; README,
+    Precision). ``progress``: True/False forces the progress bar on/off; None shows it for long
+    runs on a terminal.
+
+    Raises ``OverflowInForwardPass`` (a ``ValueError``) when a pre-activation overflows the
+    dtype, and warns with ``SaturationWarning`` when more than 5% of consecutive sample pairs
+    change whole-network pattern (``Result.saturation``).
     """
     batched = isinstance(trajectory, (list, tuple)) and len(trajectory) > 0 and all(
         isinstance(t, Trajectory) for t in trajectory)
@@ -142,10 +200,10 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     n = counts.pop()
     plans = [make_plan(net, t, n, dtype) for t in trajs]
     if plans[0].dtype == np.float32 and n >= FLOAT32_WARN_FROM:
-        warnings.warn(f"float32 at {n:,} samples: neighbouring samples differ by little more than float32 rounding, "
-                      "which can inflate lengths and transitions (by 0.1% to several-fold at 2^20-2^24 samples, most "
-                      "where layers contract); check with dtype='float64' (README, Precision)",
-                      PrecisionWarning, stacklevel=2)
+        warnings.warn(f"float32 at {n:,} samples: neighbouring samples come within float32 rounding of each other, "
+                      "which can overcount transitions and patterns (measured on 4 of 24 random relu networks at "
+                      "2^18 samples, 9 of 24 at 2^20) and inflate lengths; use dtype='float64', the default "
+                      "(README, Precision)", PrecisionWarning, stacklevel=2)
     module = backends.resolve(backend, plans[0].device)
     parts = _run(module, plans, n, progress)
     fields = dict(
@@ -157,4 +215,9 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     )
     result = Result(**fields, n_points=n, widths=net.widths, activations=net.activations,
                     dtype=plans[0].dtype.name, backend=module.NAME, trajectories=tuple(t.name for t in trajs))
+    saturation = float(np.max(result.saturation))
+    if saturation > SATURATION_WARN_ABOVE:
+        warnings.warn(f"{saturation:.1%} of consecutive sample pairs change pattern (more than "
+                      f"{SATURATION_WARN_ABOVE:.0%}): the counts are far from converged; raise n_points or use "
+                      "exact=True", SaturationWarning, stacklevel=2)
     return result if batched else result[0]

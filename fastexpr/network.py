@@ -13,8 +13,8 @@ from .plan import ACTIVATION_CODES
 class Network:
     """Layers ``z_d = W_d h_{d-1} + b_d``, ``h_d = act_d(z_d)`` for d = 1..L.
 
-    Weights and biases are stored as float64 NumPy arrays (``W_d`` has shape
-    ``(n_d, n_{d-1})``). ``device`` records where the data came from ("cpu" or
+    Weights and biases are stored as read-only float64 NumPy arrays that the network owns
+    (``W_d`` has shape ``(n_d, n_{d-1})``). ``device`` records where the data came from ("cpu" or
     "cuda:N") so that ``backend="auto"`` can run next to it.
     """
 
@@ -54,12 +54,19 @@ def _activation_list(activations, depth: int) -> tuple[str, ...]:
     return activations
 
 
+def _owned(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of ``a``: later changes to the caller's arrays cannot reach the network."""
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
 def from_arrays(weights, biases, activations) -> Network:
     """A network from per-layer weights ``(n_d, n_{d-1})``, biases ``(n_d,)`` and activations.
 
     ``activations`` is one name for every layer or a sequence of names from
     {"relu", "hardtanh", "identity"}. ``biases=None`` means zero biases. Arrays may be
-    NumPy, torch or CuPy, of any float dtype; they are copied to float64.
+    NumPy, torch or CuPy, of any float dtype; they are copied to read-only float64 arrays.
     """
     if not isinstance(weights, (list, tuple)) or len(weights) == 0:
         raise ValueError("weights must be a non-empty list of 2-D arrays, one per layer")
@@ -79,7 +86,7 @@ def from_arrays(weights, biases, activations) -> Network:
             )
     devices = {device_of(w) for w in weights}
     device = next((d for d in devices if d != "cpu"), "cpu")
-    return Network(ws, bs, _activation_list(activations, len(ws)), device)
+    return Network(tuple(map(_owned, ws)), tuple(map(_owned, bs)), _activation_list(activations, len(ws)), device)
 
 
 def random_mlp(
@@ -113,17 +120,30 @@ def random_mlp(
     return from_arrays(weights, biases, acts)
 
 
+def _check_plain(m, base) -> None:
+    """ValueError unless module ``m`` computes exactly what ``base`` (the class fastexpr reads it as) does."""
+    if type(m).forward is not base.forward:
+        raise ValueError(f"{type(m).__name__} overrides {base.__name__}.forward, which fastexpr would bypass "
+                         f"(it reads only the layer's parameters); use a plain {base.__name__}")
+    if m._forward_hooks or m._forward_pre_hooks:
+        raise ValueError(f"{type(m).__name__} has forward hooks, which fastexpr would bypass; remove them")
+
+
 def from_torch(module) -> Network:
     """A network from a torch ``nn.Linear`` or (nested) ``nn.Sequential``.
 
     Supported layers: ``Linear``, ``ReLU``, ``Hardtanh(-1, 1)``, ``Identity``, ``Flatten``
     (trajectory points are already flat). Each activation applies to the preceding
-    ``Linear``; a ``Linear`` with no activation after it is linear (identity).
+    ``Linear``; a ``Linear`` with no activation after it is linear (identity). Subclasses that
+    override ``forward`` and modules with forward hooks are refused (their code would be
+    bypassed); parameters are copied.
     """
     import torch.nn as nn
+    from torch.nn.modules import module as torch_module
 
     def flat(m):
         if isinstance(m, nn.Sequential):
+            _check_plain(m, nn.Sequential)
             for child in m:
                 yield from flat(child)
         else:
@@ -131,16 +151,24 @@ def from_torch(module) -> Network:
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    if getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None):
+        raise ValueError("global forward hooks are registered (torch.nn.modules.module.register_module_forward_hook), "
+                         "which fastexpr would bypass; remove them")
     weights, biases, acts = [], [], []
     for m in flat(module):
-        if isinstance(m, nn.Linear):
+        base = next((c for c in (nn.Linear, nn.Identity, nn.Flatten, nn.ReLU, nn.Hardtanh) if isinstance(m, c)), None)
+        if base is None:
+            raise ValueError(
+                f"unsupported layer {type(m).__name__}; fastexpr handles Linear, ReLU, Hardtanh(-1, 1), "
+                "Identity and Flatten"
+            )
+        _check_plain(m, base)
+        if base is nn.Linear:
             weights.append(m.weight)
             biases.append(m.bias if m.bias is not None else m.weight.new_zeros(m.out_features))
             acts.append("identity")
-        elif isinstance(m, (nn.Identity, nn.Flatten)):
-            continue
-        elif isinstance(m, (nn.ReLU, nn.Hardtanh)):
-            name = "relu" if isinstance(m, nn.ReLU) else "hardtanh"
+        elif base in (nn.ReLU, nn.Hardtanh):
+            name = "relu" if base is nn.ReLU else "hardtanh"
             if name == "hardtanh" and (m.min_val != -1.0 or m.max_val != 1.0):
                 raise ValueError(f"only Hardtanh(-1, 1) is supported, got Hardtanh({m.min_val}, {m.max_val})")
             if not weights:
@@ -148,11 +176,6 @@ def from_torch(module) -> Network:
             if acts[-1] != "identity":
                 raise ValueError(f"two activations in a row ({acts[-1]} then {name}) after Linear layer {len(weights)}")
             acts[-1] = name
-        else:
-            raise ValueError(
-                f"unsupported layer {type(m).__name__}; fastexpr handles Linear, ReLU, Hardtanh(-1, 1), "
-                "Identity and Flatten"
-            )
     if not weights:
         raise ValueError("the module contains no Linear layer")
     return from_arrays(weights, biases, acts)

@@ -6,21 +6,29 @@ This module is the one written statement of fastexpr's semantics on the Python s
 
 Semantics, in brief (README "Semantics" has the long form):
 
-* samples ``t_i = i / (N - 1)``, ``i = 0 .. N-1``, computed in float64;
+* samples ``t_i = i / (N - 1)``, ``i = 0 .. N-1``, computed in float64; a POLYLINE sample
+  sits at ``s = i (K - 1) / (N - 1)``, its segment ``j = floor(s)`` and fraction ``f = s - j``
+  computed with exact integer arithmetic (``f == 0`` exactly on a vertex);
 * layer 1 is evaluated from the trajectory's projected basis, in float64, then cast to
-  the compute dtype: ``z1 = sum_k c_k(t) proj[k] + bias1``;
-* layers 2..L are ``z = W h + b`` in the compute dtype, ``h = act(z)``;
+  the compute dtype: ``z1 = sum_k c_k(t) proj[k] + bias1`` (a LINE as ``x0 + t (x1 - x0)``,
+  so that a line from a point to itself is constant);
+* layers 2..L are ``z = W h + b`` in the compute dtype, ``h = act(z)``; a pre-activation that
+  is inf or NaN makes the backend raise :class:`OverflowInForwardPass`;
 * region codes (ties stay in the lower/inner region):
   relu ``1 if z > 0 else 0``; hardtanh ``-1 if z < -1, +1 if z > 1, else 0``; identity ``0``;
 * a point's pattern hash is the wrapping uint64 sum of ``pattern_key(d, j, code)`` over
   all layers d (1-based) and neurons j (0-based) whose code is non-zero (additive
   Zobrist hashing: collisions between two distinct patterns have probability 2^-64);
 * lengths are summed over consecutive pairs in float64; a pair's length at layer d >= 1
-  is ``||h_{i+1} - h_i||_2`` of the post-activations in the compute dtype; the input
-  length (d = 0) comes from the trajectory's own description, in float64:
-  two-vector kinds ``sqrt(max(dc^T gram dc, 0))`` with ``dc = c(t_{i+1}) - c(t_i)``;
-  POLYLINE ``|f' - f| seg_len[j]`` when both samples lie on segment j, else the direct
-  norm ``||x(t_{i+1}) - x(t_i)||`` from the vertices.
+  is ``||h_{i+1} - h_i||_2`` of the post-activations in the compute dtype, with no square
+  under- or overflowing (a plain sum of squares where it is safe, else a scaled one); the
+  input length (d = 0) comes from the trajectory's own description, in float64, in units of
+  ``scale`` (a power of two near the largest input coordinate, so nothing under- or
+  overflows): LINE ``|t_{i+1} - t_i| line_norm``; ARC/CIRCLE the chord
+  ``2 |sin(D/2)| ||sin(a) u - cos(a) v||`` between the angles of the two samples (D their
+  difference, a their midpoint), from ``coords``; POLYLINE ``|f' - f| seg_len[j]`` when
+  both samples lie on segment j, else the direct norm ``||x(t_{i+1}) - x(t_i)||`` from the
+  (scaled) vertices. No difference of nearby large numbers enters a length.
 """
 from __future__ import annotations
 
@@ -34,15 +42,32 @@ ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "hardtanh": HARDTANH}
 ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
 
 # Trajectory kinds, shared with csrc/common/semantics.h.
-# LINE:     c = (1 - t, t)                      over basis (x0, x1)
+# LINE:     c = (1, t)                          over basis (x0, x1 - x0): constant when x0 == x1
 # ARC:      c = (cos(pi t / 2), sin(pi t / 2))  over basis (x0, x1)
 # CIRCLE:   c = (cos(2 pi t), sin(2 pi t))      over basis (u, v)
-# POLYLINE: s = t (K - 1), j = min(floor(s), K - 2), f = s - j,
+# POLYLINE: s = i (K - 1) / (N - 1) exactly, j = min(floor(s), K - 2), f = s - j,
 #           x = (1 - f) p_j + f p_{j+1}          over basis = the K vertices
 LINE, ARC, CIRCLE, POLYLINE = 0, 1, 2, 3
 KIND_NAMES = {LINE: "line", ARC: "arc", CIRCLE: "great_circle", POLYLINE: "polyline"}
 
 MASK64 = (1 << 64) - 1
+
+
+class OverflowInForwardPass(ValueError, ArithmeticError):
+    """A pre-activation became inf or NaN in the compute dtype: every measure would be meaningless.
+
+    A ``ValueError`` (the network or the inputs are too large for the dtype) and an ``ArithmeticError``.
+    """
+
+
+def check_forward_pass(plan: "Plan", layer: int) -> None:
+    """Raise :class:`OverflowInForwardPass` when a backend saw a non-finite pre-activation in
+    ``layer`` (1-based, the first such layer; 0: none)."""
+    if layer:
+        hint = ("measure with dtype='float64'" if np.dtype(plan.dtype) == np.float32
+                else "the network or the inputs are too large for float64")
+        raise OverflowInForwardPass(f"the pre-activations of layer {layer} overflow {np.dtype(plan.dtype).name} "
+                                    f"(inf or NaN) along this trajectory; {hint}")
 
 
 def splitmix64(x):
@@ -76,7 +101,7 @@ def pattern_keys(layer: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 class Plan:
     """Everything a backend needs for one trajectory through one network.
 
-    All arrays are C-contiguous. ``proj``, ``bias1``, ``gram``, ``vertices`` and ``seg_len``
+    All arrays are C-contiguous. ``proj``, ``bias1``, ``coords``, ``vertices`` and ``seg_len``
     are float64; ``weights``/``biases`` (layers 2..L) are in ``dtype``.
     """
 
@@ -85,13 +110,16 @@ class Plan:
     activations: tuple[int, ...]        # L activation codes
     widths: tuple[int, ...]             # (m, n_1, ..., n_L)
     kind: int                           # LINE, ARC, CIRCLE or POLYLINE
-    proj: np.ndarray                    # (K, n_1) = basis @ W1.T, float64
+    proj: np.ndarray                    # (K, n_1) = basis @ W1.T, float64 (LINE: rows W1 x0, W1 (x1 - x0))
     bias1: np.ndarray                   # (n_1,), float64
     weights: tuple[np.ndarray, ...]     # layers 2..L: (n_d, n_{d-1}) in dtype
     biases: tuple[np.ndarray, ...]      # layers 2..L: (n_d,) in dtype
-    gram: np.ndarray                    # (2, 2) basis Gram matrix (two-vector kinds), zeros for POLYLINE
-    vertices: np.ndarray                # POLYLINE: (K, m) vertices; else shape (0, m)
-    seg_len: np.ndarray                 # POLYLINE: (K-1,) ||p_{j+1} - p_j||; else shape (0,)
+    scale: float                        # power of two: the unit of line_norm, coords, vertices and seg_len
+    line_norm: float                    # LINE: ||x1 - x0|| / scale; else 0
+    coords: np.ndarray                  # ARC, CIRCLE: (2, 2), column k = basis[k] / scale in an orthonormal
+    #                                     basis of the span of the two basis vectors; else zeros
+    vertices: np.ndarray                # POLYLINE: (K, m) vertices / scale; else shape (0, m)
+    seg_len: np.ndarray                 # POLYLINE: (K-1,) ||p_{j+1} - p_j|| / scale; else shape (0,)
     device: str = "cpu"                 # where the caller's data lives ("cpu", "cuda:0", ...)
 
     @property

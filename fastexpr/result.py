@@ -14,7 +14,8 @@ class Result:
     pairs whose layer-d pattern differs; ``network_changes``: pairs whose whole-network pattern
     differs; ``distinct_patterns``: distinct whole-network patterns among the samples (the
     paper's linear-region count along the trajectory); ``lengths[d]``: length of the image at
-    layer d (``lengths[0]`` is the input trajectory).
+    layer d (``lengths[0]`` is the input trajectory); ``saturation``: the fraction of
+    consecutive pairs whose whole-network pattern differs (near 0 for converged counts).
     """
 
     transitions: np.ndarray
@@ -49,15 +50,23 @@ class Result:
         )
 
     @property
+    def saturation(self) -> np.ndarray:
+        """``network_changes / (n_points - 1)``: the fraction of consecutive sample pairs that change
+        whole-network pattern. Sampled counts are far from converged when it is not small
+        (``measure`` warns above 0.05)."""
+        return np.asarray(self.network_changes) / (self.n_points - 1)
+
+    @property
     def length_ratios(self) -> np.ndarray:
-        """``lengths[..., d] / lengths[..., 0]``: growth of the trajectory's length with depth."""
+        """``lengths[..., d] / lengths[..., 0]``: growth of the trajectory's length with depth
+        (NaN throughout for a trajectory of zero length, such as a line from a point to itself)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.lengths / self.lengths[..., :1]
 
     def to_dict(self) -> dict:
         """Plain Python types only (lists, ints, floats, strings): ready for ``json.dump``."""
         out = {}
-        for name in ("transitions", "pattern_changes", "network_changes", "distinct_patterns", "lengths"):
+        for name in ("transitions", "pattern_changes", "network_changes", "distinct_patterns", "lengths", "saturation"):
             out[name] = np.asarray(getattr(self, name)).tolist()
         out.update(n_points=self.n_points, widths=list(self.widths), activations=list(self.activations),
                    dtype=self.dtype, backend=self.backend, trajectories=list(self.trajectories))
@@ -71,13 +80,15 @@ class Result:
                 f"backend {self.backend}\n")
         rows = [f"{'layer':>5} {'width':>6} {'activation':>10} {'transitions':>14} {'pattern chg':>12} "
                 f"{'length':>14} {'len/len0':>10}"]
-        rows.append(f"{0:>5} {self.widths[0]:>6} {'input':>10} {'':>14} {'':>12} {self.lengths[0]:>14.6g} {1:>10.4g}")
         ratios = self.length_ratios
+        rows.append(f"{0:>5} {self.widths[0]:>6} {'input':>10} {'':>14} {'':>12} {self.lengths[0]:>14.6g} "
+                    f"{ratios[0]:>10.4g}")
         for d in range(1, len(self.widths)):
             rows.append(f"{d:>5} {self.widths[d]:>6} {self.activations[d - 1]:>10} {self.transitions[d - 1]:>14,} "
                         f"{self.pattern_changes[d - 1]:>12,} {self.lengths[d]:>14.6g} {ratios[d]:>10.4g}")
         tail = (f"whole network: {self.network_changes:,} pattern changes, "
-                f"{self.distinct_patterns:,} distinct patterns")
+                f"{self.distinct_patterns:,} distinct patterns, saturation {self.saturation:.3g} "
+                f"(pattern changes per sample pair)")
         return head + "\n".join(rows) + "\n" + tail
 
     def __str__(self) -> str:

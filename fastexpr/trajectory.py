@@ -29,9 +29,14 @@ class Trajectory:
     def name(self) -> str:
         return KIND_NAMES[self.kind]
 
-    def coefficients(self, t: np.ndarray) -> np.ndarray:
-        """Coefficients (len(t), K) of the basis at samples ``t`` (float64)."""
-        t = np.asarray(t, dtype=np.float64)
+    def coefficients(self, n_points: int) -> np.ndarray:
+        """Coefficients (n_points, K) of the basis at samples ``t_i = i / (n_points - 1)`` (float64).
+
+        A polyline sample sits at ``s = i (K - 1) / (n_points - 1)``, its segment and fraction
+        computed with exact integer arithmetic (fraction 0 exactly on a vertex).
+        """
+        i = np.arange(n_points, dtype=np.int64)
+        t = i / (n_points - 1)
         if self.kind == LINE:
             return np.stack([1.0 - t, t], axis=1)
         if self.kind == ARC:
@@ -39,11 +44,15 @@ class Trajectory:
         if self.kind == CIRCLE:
             return np.stack([np.cos(2.0 * np.pi * t), np.sin(2.0 * np.pi * t)], axis=1)
         k = self.basis.shape[0]
-        seg = np.minimum(np.floor(t * (k - 1)), k - 2).astype(np.int64)
-        frac = t * (k - 1) - seg
-        coeffs = np.zeros((t.size, k))
-        coeffs[np.arange(t.size), seg] = 1.0 - frac
-        coeffs[np.arange(t.size), seg + 1] += frac
+        if (n_points - 1) * (k - 1) >= 2**63:
+            raise ValueError(f"{n_points} samples of a polyline through {k} points are too many to materialise")
+        seg, rem = np.divmod(i * (k - 1), n_points - 1)
+        frac = rem / (n_points - 1)
+        last = seg > k - 2  # the final sample: the end of the last segment
+        seg[last], frac[last] = k - 2, 1.0
+        coeffs = np.zeros((n_points, k))
+        coeffs[i, seg] = 1.0 - frac
+        coeffs[i, seg + 1] += frac
         return coeffs
 
     def sample(self, n_points: int) -> np.ndarray:
@@ -51,8 +60,7 @@ class Trajectory:
 
         Materialises every point: meant for plots and small checks, not for measuring.
         """
-        t = np.arange(n_points, dtype=np.float64) / (n_points - 1)
-        return self.coefficients(t) @ self.basis
+        return self.coefficients(n_points) @ self.basis
 
     def __repr__(self) -> str:
         return f"{self.name}(dim={self.dim}, basis_vectors={self.basis.shape[0]})"
@@ -89,7 +97,8 @@ def great_circle(u, v) -> Trajectory:
 def polyline(points, closed: bool = False) -> Trajectory:
     """Piecewise-linear path through the rows of ``points`` (M >= 2), uniform in segment index.
 
-    ``s = t (M - 1)``, segment ``j = min(floor(s), M - 2)``, ``x = (1 - (s - j)) p_j + (s - j) p_{j+1}``;
+    Sample i of N sits at ``s = i (M - 1) / (N - 1)`` (exactly: a sample that falls on a vertex
+    is that vertex), segment ``j = min(floor(s), M - 2)``, ``x = (1 - (s - j)) p_j + (s - j) p_{j+1}``;
     ``closed=True`` adds the segment from the last point back to the first.
     """
     basis = to_float64(points, "points", ndim=2)

@@ -12,8 +12,12 @@ from fastexpr.plan import ARC, CIRCLE, LINE
 
 
 def sample_points(trajectory, n_points: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """x(t_i) for t_i = i / (n_points - 1), i = start .. stop-1, straight from the definitions in the README."""
-    t = np.array([i / (n_points - 1) for i in range(start, n_points if stop is None else stop)])
+    """x(t_i) for t_i = i / (n_points - 1), i = start .. stop-1, straight from the definitions in the README.
+
+    A polyline sample sits at s = i (M - 1) / (n_points - 1), in exact (Python integer) arithmetic.
+    """
+    indices = range(start, n_points if stop is None else stop)
+    t = np.array([i / (n_points - 1) for i in indices])
     b = trajectory.basis
     if trajectory.kind == LINE:
         return (1 - t)[:, None] * b[0] + t[:, None] * b[1]
@@ -23,11 +27,12 @@ def sample_points(trajectory, n_points: int, start: int = 0, stop: int | None = 
         return np.cos(2 * np.pi * t)[:, None] * b[0] + np.sin(2 * np.pi * t)[:, None] * b[1]
     m = b.shape[0]
     out = np.empty((t.size, b.shape[1]))
-    for i, ti in enumerate(t):
-        s = ti * (m - 1)
-        j = min(int(np.floor(s)), m - 2)
-        f = s - j
-        out[i] = (1 - f) * b[j] + f * b[j + 1]
+    for row, i in enumerate(indices):
+        j, r = divmod(i * (m - 1), n_points - 1)
+        f = r / (n_points - 1)
+        if j > m - 2:  # the last sample: the end of the last segment
+            j, f = m - 2, 1.0
+        out[row] = (1 - f) * b[j] + f * b[j + 1]
     return out
 
 

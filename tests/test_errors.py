@@ -158,8 +158,8 @@ def test_float32_at_high_resolution_warns(net, traj, monkeypatch):
     measure_module = importlib.import_module("fastexpr.measure")  # the attribute fx.measure is the function
     monkeypatch.setattr(measure_module, "FLOAT32_WARN_FROM", 1000)
     with pytest.warns(fx.PrecisionWarning, match="dtype='float64'"):
-        fx.measure(net, traj, 1000)
+        fx.measure(net, traj, 1000, dtype="float32")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fx.measure(net, traj, 999)
-        fx.measure(net, traj, 1000, dtype="float64")
+        fx.measure(net, traj, 999, dtype="float32")
+        fx.measure(net, traj, 1000)

@@ -9,6 +9,9 @@ import fastexpr as fx
 from .cases import BACKENDS, NETWORKS, TRAJECTORIES, backend_or_skip, network, trajectory
 from .reference import reference_measure
 
+# Small sample counts on chaotic networks: saturated on purpose, the numbers are still checked exactly.
+pytestmark = pytest.mark.filterwarnings("ignore::fastexpr.SaturationWarning")
+
 INPUT_DIM = 6
 
 

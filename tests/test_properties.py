@@ -10,6 +10,9 @@ import fastexpr as fx
 
 from .cases import BACKENDS, backend_or_skip
 
+# Small sample counts on chaotic networks: saturated on purpose, the numbers are still checked exactly.
+pytestmark = pytest.mark.filterwarnings("ignore::fastexpr.SaturationWarning")
+
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -6,6 +6,9 @@ import re
 
 import pytest
 
+# The README's examples measure chaotic networks at few points (and fewer here): they warn, rightly.
+pytestmark = pytest.mark.filterwarnings("ignore::fastexpr.SaturationWarning")
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 

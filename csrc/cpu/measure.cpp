@@ -142,9 +142,11 @@ struct Net {
   i64 n_basis = 0;            // K rows of proj
   const double* proj = nullptr;
   const double* bias1 = nullptr;
-  double gram[4] = {0, 0, 0, 0};
+  double scale = 1;           // the unit of line_norm, coords, vertices and seg_len (fastexpr/plan.py)
+  double line_norm = 0;
+  double coords[4] = {0, 0, 0, 0};
   const double* vertices = nullptr;
-  i64 dim = 0;                // m, columns of vertices
+  int dim = 0;                // m, columns of vertices
   const double* seg_len = nullptr;
   i64 n_points = 0;
 };
@@ -157,7 +159,7 @@ template <typename T>
 struct Workspace {
   i64 ld;                      // row stride of Z and H
   Buffer<T> Z, H;              // (max_padded, ld)
-  std::vector<T> jumps, sq;    // per sample, one layer: sums over neurons of |code change|, (h_s - h_{s-1})^2
+  std::vector<T> jumps, sq;    // per sample, one layer: sums over neurons of |code change|, (h_s - h_{s-1})^2 + z_s * 0
   std::vector<u64> hash;       // per sample: pattern hash so far
   std::vector<char> changed;   // per sample: full pattern differs from the predecessor's
   std::vector<double> c0, c1;  // per sample: trajectory coefficients (POLYLINE: 1-f, f)
@@ -167,10 +169,14 @@ struct Workspace {
         changed(cols), c0(cols), c1(cols), seg(cols) {}
 };
 
+// The earlier of two reports of the first layer with a non-finite pre-activation (0: none).
+inline int earliest(int a, int b) { return a == 0 ? b : (b == 0 ? a : std::min(a, b)); }
+
 // Per-thread totals.
 struct Counters {
   std::vector<i64> transitions, pattern_changes;
   i64 network_changes = 0;
+  int overflow_layer = 0;  // first layer (1-based) with a non-finite pre-activation; 0: none
   std::vector<double> lengths;
   std::vector<u64> hashes;
   explicit Counters(int depth) : transitions(depth), pattern_changes(depth), lengths(depth + 1) {}
@@ -260,11 +266,23 @@ u64 layer_hash(int act, const T* z, i64 ld, const u64* pos, const u64* neg, int 
   return h;
 }
 
+// Norm of the step from sample s-1 to sample s of one layer's activations H (n neurons, row
+// stride ld) in float64, scaled so that no square under- or overflows: the epilogue's slow path.
+template <typename T>
+double scaled_step(const T* H, i64 ld, int n, int s) {
+  fx::ScaledNorm norm;
+  for (int o = 0; o < n; ++o) norm.add((double)H[o * ld + s] - (double)H[o * ld + s - 1]);
+  return norm.value();
+}
+
 // Epilogue of one layer (n neurons) on a tile of `rows` samples (`cols` computed, a
 // multiple of W): H = act(Z); per sample s >= 1 the code jumps and the squared step
 // against sample s-1 (vectorised along the samples), then the counters and hashes.
+// The squared steps also sum z * 0, NaN exactly when a pre-activation is inf or NaN; a sum in
+// T that may have lost squares to underflow or overflowed is redone by scaled_step. Returns
+// false when a pre-activation of the tile is not finite.
 template <typename T, int ACT>
-void epilogue(Workspace<T>& ws, int n, int rows, int cols, const u64* pos, const u64* neg, i64& transitions,
+bool epilogue(Workspace<T>& ws, int n, int rows, int cols, const u64* pos, const u64* neg, i64& transitions,
               i64& pattern_changes, double& length) {
   using S = Simd<T>;
   using V = typename S::V;
@@ -281,7 +299,7 @@ void epilogue(Workspace<T>& ws, int n, int rows, int cols, const u64* pos, const
       jumps = A::template jumps<T>(jumps, zc, zp);
       const V y = A::template apply<T>(zc);
       const V d = y - A::template apply<T>(zp);
-      sq += d * d;
+      sq += d * d + zc * S::splat(T(0));
       S::store(H + o * ld + s0, y);
     }
     S::store(&ws.jumps[s0], jumps);
@@ -289,6 +307,7 @@ void epilogue(Workspace<T>& ws, int n, int rows, int cols, const u64* pos, const
   }
   u64 lh = layer_hash<T>(ACT, Z, ld, pos, neg, n);
   ws.hash[0] += lh;
+  bool finite = ws.sq[0] == ws.sq[0];
   i64 tr = 0, pc = 0;
   double len = 0;
   for (int s = 1; s < rows; ++s) {
@@ -299,11 +318,18 @@ void epilogue(Workspace<T>& ws, int n, int rows, int cols, const u64* pos, const
       lh = layer_hash<T>(ACT, Z + s, ld, pos, neg, n);
     }
     ws.hash[s] += lh;
-    len += (double)std::sqrt(ws.sq[s]);
+    const T q = ws.sq[s];
+    if (q >= fx::SafeSum<T>::lo && q <= fx::SafeSum<T>::hi)
+      len += (double)std::sqrt(q);
+    else if (q == q)
+      len += scaled_step(H, ld, n, s);
+    else
+      finite = false;
   }
   transitions += tr;
   pattern_changes += pc;
   length += len;
+  return finite;
 }
 
 // The epilogue instance for an activation code.
@@ -317,43 +343,31 @@ auto epilogue_for(int act) {
 template <typename T>
 double coefficients(const Net<T>& net, Workspace<T>& ws, i64 a, int rows, int cols) {
   for (int s = 0; s < cols; ++s) {
-    const double t = fx::sample_t(a + std::min(s, rows - 1), net.n_points);
+    const i64 i = a + std::min(s, rows - 1);
     if (net.kind == fx::POLYLINE) {
       long long j;
       double f;
-      fx::polyline_segment(t, net.n_basis, &j, &f);
+      fx::polyline_segment(i, net.n_points, net.n_basis, &j, &f);
       ws.seg[s] = j;
       ws.c0[s] = 1.0 - f;
       ws.c1[s] = f;
     } else {
-      fx::two_vector_coeffs(net.kind, t, &ws.c0[s], &ws.c1[s]);
+      fx::two_vector_coeffs(net.kind, fx::sample_t(i, net.n_points), &ws.c0[s], &ws.c1[s]);
       ws.seg[s] = 0;
     }
   }
   double length = 0;
   for (int s = 1; s < rows; ++s) {
-    if (net.kind == fx::POLYLINE) {
-      const i64 j0 = ws.seg[s - 1], j1 = ws.seg[s];
-      if (j0 == j1) {
-        length += std::abs(ws.c1[s] - ws.c1[s - 1]) * net.seg_len[j0];
-      } else {
-        const double *p0 = net.vertices + j0 * net.dim, *p1 = net.vertices + j1 * net.dim;
-        double q = 0;
-        for (i64 k = 0; k < net.dim; ++k) {
-          const double x0 = ws.c0[s - 1] * p0[k] + ws.c1[s - 1] * p0[k + net.dim];
-          const double x1 = ws.c0[s] * p1[k] + ws.c1[s] * p1[k + net.dim];
-          q += (x1 - x0) * (x1 - x0);
-        }
-        length += std::sqrt(q);
-      }
-    } else {
-      const double d0 = ws.c0[s] - ws.c0[s - 1], d1 = ws.c1[s] - ws.c1[s - 1];
-      const double* g = net.gram;
-      const double q = d0 * (g[0] * d0 + g[1] * d1) + d1 * (g[2] * d0 + g[3] * d1);
-      length += std::sqrt(std::max(q, 0.0));
-    }
+    if (net.kind != fx::POLYLINE)
+      length += fx::two_vector_step(net.kind, fx::sample_t(a + s - 1, net.n_points), fx::sample_t(a + s, net.n_points),
+                                    net.line_norm, net.coords);
+    else if (ws.seg[s - 1] == ws.seg[s])
+      length += std::abs(ws.c1[s] - ws.c1[s - 1]) * net.seg_len[ws.seg[s]];
+    else
+      length += fx::vertex_step(net.vertices, net.dim, ws.seg[s - 1], ws.c0[s - 1], ws.c1[s - 1], ws.seg[s], ws.c0[s],
+                                ws.c1[s]);
   }
-  return length;
+  return length * net.scale;
 }
 
 // One tile: samples a .. a+rows-1 (rows >= 1). Pairs inside the tile are counted; the hash
@@ -400,8 +414,10 @@ void process_tile(const Net<T>& net, Workspace<T>& ws, i64 a, int rows, bool emi
               micro_kernel<T>(ws.H.data() + W + k0 * ld + s0, Wp + ((i64)q * n_in + k0) * PO, std::min(KC, n_in - k0),
                               k0 == 0 ? bias + q * PO * W : nullptr, ws.Z.data() + W + (i64)q * PO * ld + s0, ld);
     }
-    epilogue_for<T>(net.act[d])(ws, net.width[d], rows, cols, net.key_pos[d].data(), net.key_neg[d].data(),
-                                out.transitions[d], out.pattern_changes[d], out.lengths[d + 1]);
+    const bool finite = epilogue_for<T>(net.act[d])(ws, net.width[d], rows, cols, net.key_pos[d].data(),
+                                                     net.key_neg[d].data(), out.transitions[d],
+                                                     out.pattern_changes[d], out.lengths[d + 1]);
+    if (!finite) out.overflow_layer = earliest(out.overflow_layer, d + 1);
   }
 
   if (emit_first) out.hashes.push_back(ws.hash[0]);
@@ -449,8 +465,8 @@ const T* checked(const py::array& a, const std::string& name, std::initializer_l
 template <typename T>
 py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std::vector<py::array>& weights,
                         const std::vector<py::array>& biases, const std::vector<int>& activations, int kind,
-                        const py::array& gram, const py::array& vertices, const py::array& seg_len, i64 n_points,
-                        i64 start, i64 stop, int tile, int threads) {
+                        double scale, double line_norm, const py::array& coords, const py::array& vertices,
+                        const py::array& seg_len, i64 n_points, i64 start, i64 stop, int tile, int threads) {
   Net<T> net;
   net.depth = (int)activations.size();
   net.act = activations;
@@ -465,11 +481,15 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
   const i64 n1 = proj.shape(1);
   if (n1 < 1) fail("the first layer must have at least one neuron");
   net.bias1 = checked<double>(bias1, "bias1", {n1});
-  const double* g = checked<double>(gram, "gram", {2, 2});
-  std::copy(g, g + 4, net.gram);
+  if (!(scale > 0 && std::isfinite(scale))) fail("scale must be positive and finite");
+  net.scale = scale;
+  net.line_norm = line_norm;
+  const double* c = checked<double>(coords, "coords", {2, 2});
+  std::copy(c, c + 4, net.coords);
   if (kind == fx::POLYLINE) {
     if (vertices.ndim() != 2) fail("vertices must be 2-D (K, m), got shape " + shape_str(vertices));
-    net.dim = vertices.shape(1);
+    if (vertices.shape(1) > (1 << 30)) fail("vertices have too many coordinates");
+    net.dim = (int)vertices.shape(1);
     net.vertices = checked<double>(vertices, "vertices", {net.n_basis, -1});
     net.seg_len = checked<double>(seg_len, "seg_len", {net.n_basis - 1});
   }
@@ -496,7 +516,8 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
            " is not 0 (identity), 1 (relu) or 2 (hardtanh)");
     net.max_padded = std::max<int>(net.max_padded, (int)round_up(net.width[d], PO));
   }
-  if (n_points < 2) fail("n_points must be at least 2, got " + std::to_string(n_points));
+  if (n_points < 2 || n_points > (i64(1) << 62))
+    fail("n_points must be between 2 and 2^62, got " + std::to_string(n_points));
   if (!(0 <= start && start < stop && stop <= n_points))
     fail("need 0 <= start < stop <= n_points, got start=" + std::to_string(start) + ", stop=" + std::to_string(stop) +
          ", n_points=" + std::to_string(n_points));
@@ -572,8 +593,10 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
   std::fill(pattern_changes.mutable_data(), pattern_changes.mutable_data() + net.depth, 0);
   std::fill(lengths.mutable_data(), lengths.mutable_data() + net.depth + 1, 0.0);
   i64 network_changes = 0;
+  int overflow_layer = 0;
   std::vector<u64> hashes;
   for (const Counters& c : totals) {
+    overflow_layer = earliest(overflow_layer, c.overflow_layer);
     for (int d = 0; d < net.depth; ++d) {
       transitions.mutable_data()[d] += c.transitions[d];
       pattern_changes.mutable_data()[d] += c.pattern_changes[d];
@@ -586,23 +609,24 @@ py::tuple measure_typed(const py::array& proj, const py::array& bias1, const std
   hashes.erase(std::unique(hashes.begin(), hashes.end()), hashes.end());
   py::array_t<u64> out_hashes((py::ssize_t)hashes.size());
   std::copy(hashes.begin(), hashes.end(), out_hashes.mutable_data());
-  return py::make_tuple(transitions, pattern_changes, network_changes, lengths, out_hashes);
+  return py::make_tuple(transitions, pattern_changes, network_changes, lengths, out_hashes, overflow_layer);
 }
 
 py::tuple measure(const py::array& proj, const py::array& bias1, const std::vector<py::array>& weights,
                   const std::vector<py::array>& biases, const std::vector<int>& activations, int kind,
-                  const py::array& gram, const py::array& vertices, const py::array& seg_len, i64 n_points, i64 start,
-                  i64 stop, const py::object& dtype, int tile, int threads) {
+                  double scale, double line_norm, const py::array& coords, const py::array& vertices,
+                  const py::array& seg_len, i64 n_points, i64 start, i64 stop, const py::object& dtype, int tile,
+                  int threads) {
   if (activations.empty()) fail("the network needs at least one layer (activations is empty)");
   if (kind < fx::LINE || kind > fx::POLYLINE)
     fail("trajectory kind " + std::to_string(kind) + " is not 0 (line), 1 (arc), 2 (great_circle) or 3 (polyline)");
   const py::dtype dt = py::dtype::from_args(dtype);
   if (dt.is(py::dtype::of<float>()))
-    return measure_typed<float>(proj, bias1, weights, biases, activations, kind, gram, vertices, seg_len, n_points,
-                                start, stop, tile, threads);
+    return measure_typed<float>(proj, bias1, weights, biases, activations, kind, scale, line_norm, coords, vertices,
+                                seg_len, n_points, start, stop, tile, threads);
   if (dt.is(py::dtype::of<double>()))
-    return measure_typed<double>(proj, bias1, weights, biases, activations, kind, gram, vertices, seg_len, n_points,
-                                 start, stop, tile, threads);
+    return measure_typed<double>(proj, bias1, weights, biases, activations, kind, scale, line_norm, coords, vertices,
+                                 seg_len, n_points, start, stop, tile, threads);
   fail("dtype must be float32 or float64, got " + std::string(py::str(dt)));
 }
 
@@ -614,8 +638,10 @@ void register_measure(py::module_& m) {
         "Arguments are a fastexpr Plan's fields (hidden weights/biases in `dtype`, the rest float64,\n"
         "all C-contiguous). `tile`: samples per tile, the first shared with the previous tile;\n"
         "`threads`: OpenMP threads (0: default). Returns (transitions int64[L], pattern_changes\n"
-        "int64[L], network_changes, lengths float64[L+1], run-start hashes uint64[k], sorted, unique).",
+        "int64[L], network_changes, lengths float64[L+1], run-start hashes uint64[k], sorted, unique,\n"
+        "the first layer (1-based) with an inf or NaN pre-activation, 0 if none).",
         py::arg("proj"), py::arg("bias1"), py::arg("weights"), py::arg("biases"), py::arg("activations"),
-        py::arg("kind"), py::arg("gram"), py::arg("vertices"), py::arg("seg_len"), py::arg("n_points"),
+        py::arg("kind"), py::arg("scale"), py::arg("line_norm"), py::arg("coords"), py::arg("vertices"),
+        py::arg("seg_len"), py::arg("n_points"),
         py::arg("start"), py::arg("stop"), py::arg("dtype"), py::arg("tile") = 256, py::arg("threads") = 0);
 }

@@ -17,8 +17,10 @@
 //           one's FMAs, across layer and tile boundaries);
 //   epilogue, while z is in registers: region codes, transitions and code changes against the
 //           previous row, pattern keys added into the row's hash, activation written back in
-//           place, squared differences of the activations; partials are reduced per row over
-//           the threads sharing it, then one warp folds the rows into the block's totals.
+//           place, squared differences of the activations (plus z * 0, NaN exactly when a
+//           pre-activation is inf or NaN); partials are reduced per row over the threads
+//           sharing it, then one warp folds the rows into the block's totals, redoing in
+//           float64 (scaled) a row whose sum of squares may have under- or overflowed.
 // After layer L the same warp emits the hashes of rows that start a new whole-network pattern
 // (slots reserved with one atomicAdd per 32 rows); at exit each block adds its totals with one
 // atomicAdd per counter.
@@ -133,6 +135,7 @@ struct Smem {
   u64* blk_pc;         // [L]
   double* blk_len;     // [L+1]
   u64* blk_net;        // [1]
+  int* blk_bad;        // [1] first layer with an inf or NaN pre-activation in this block's tiles; 0: none
   size_t bytes;
 
   template <typename P>
@@ -160,6 +163,7 @@ struct Smem {
     blk_pc = carve<u64>(base, off, L);
     blk_len = carve<double>(base, off, L + 1);
     blk_net = carve<u64>(base, off, 1);
+    blk_bad = carve<int>(base, off, 1);
     bytes = off;
   }
 };
@@ -183,9 +187,9 @@ struct Traj {
   long long n;          // N: samples t_i = i / (N-1)
   const double* proj;   // (k, NP) projected basis
   long long k;          // basis vectors (POLYLINE: vertices)
-  const double* verts;  // POLYLINE: (k, m) vertices
-  const double* seglen; // POLYLINE: (k-1,) segment lengths
-  const double* gram;   // two-vector kinds: 2x2 Gram matrix of the basis
+  const double* verts;  // POLYLINE: (k, m) vertices / scale
+  const double* seglen; // POLYLINE: (k-1,) segment lengths / scale
+  const double* geom;   // (scale, line_norm, coords 2x2 row-major): the plan's input-length fields
   int m;                // input dimension
 };
 
@@ -193,39 +197,29 @@ struct Traj {
 // Trajectory: layer-1 combination of a sample and the input length of a pair (float64).
 
 __device__ __forceinline__ void basis_weights(const Traj& tj, long long i, long long* j, double* a0, double* a1) {
-  const double t = fx::sample_t(i, tj.n);
   if (tj.kind == fx::POLYLINE) {
     double f;
-    fx::polyline_segment(t, tj.k, j, &f);
+    fx::polyline_segment(i, tj.n, tj.k, j, &f);
     *a0 = 1.0 - f;
     *a1 = f;
   } else {
     *j = 0;
-    fx::two_vector_coeffs(tj.kind, t, a0, a1);
+    fx::two_vector_coeffs(tj.kind, fx::sample_t(i, tj.n), a0, a1);
   }
 }
 
 // Length of the input segment from sample ip to sample i (ip <= i).
 __device__ double input_step(const Traj& tj, long long ip, long long i) {
   if (ip == i) return 0.0;
+  const double scale = tj.geom[0];
+  if (tj.kind != fx::POLYLINE)
+    return scale * fx::two_vector_step(tj.kind, fx::sample_t(ip, tj.n), fx::sample_t(i, tj.n), tj.geom[1], tj.geom + 2);
   long long jp, j;
   double ap0, ap1, a0, a1;
   basis_weights(tj, ip, &jp, &ap0, &ap1);
   basis_weights(tj, i, &j, &a0, &a1);
-  if (tj.kind != fx::POLYLINE) {
-    const double d0 = a0 - ap0, d1 = a1 - ap1;
-    const double q = d0 * (tj.gram[0] * d0 + tj.gram[1] * d1) + d1 * (tj.gram[2] * d0 + tj.gram[3] * d1);
-    return sqrt(q > 0.0 ? q : 0.0);
-  }
-  if (j == jp) return fabs(a1 - ap1) * tj.seglen[j];
-  const double* p = tj.verts + j * tj.m;
-  const double* pp = tj.verts + jp * tj.m;
-  double q = 0.0;
-  for (int x = 0; x < tj.m; ++x) {
-    const double dx = (a0 * p[x] + a1 * p[x + tj.m]) - (ap0 * pp[x] + ap1 * pp[x + tj.m]);
-    q += dx * dx;
-  }
-  return sqrt(q);
+  if (j == jp) return scale * fabs(a1 - ap1) * tj.seglen[j];
+  return scale * fx::vertex_step(tj.verts, tj.m, jp, ap0, ap1, j, a0, a1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,6 +350,7 @@ __device__ __forceinline__ void epilogue(const T (&acc)[C::TM][C::CN], const Sme
         const T z = acc[i][j];
         const int c = fx::region_code(ACT, z);
         const T h = fx::activate(ACT, z);
+        sq[i] += z * T(0);
         hs[i] += c > 0 ? kplus : (c < 0 ? kminus : 0ULL);
         if (i > 0) {
           const int dc = c - cprev;
@@ -414,24 +409,46 @@ __device__ __forceinline__ void epilogue(const T (&acc)[C::TM][C::CN], const Sme
   __syncthreads();  // every row slot of this layer is written
 }
 
-// Warp 0: fold layer d's row slots into the block totals.
+// Position of row r, column k in the activation tile s.h (the swizzle of the epilogue's stores).
+template <class C>
+__device__ __forceinline__ int h_index(int k, int r) {
+  const int u = (r % C::TM) / C::G, sw = (k / C::G) & C::SWZ;
+  return k * C::BM + ((r / C::TM) * (C::TM / C::G) + (u ^ sw)) * C::G + r % C::G;
+}
+
+// Norm of the step from row r-1 to row r of this layer's activations (s.h), in float64 and
+// scaled so that no square under- or overflows: the slow path of finalize_layer.
+template <class C>
+__device__ double scaled_step(const Smem<C>& s, int r) {
+  fx::ScaledNorm norm;
+  for (int k = 0; k < C::NP; ++k) norm.add((double)s.h[h_index<C>(k, r)] - (double)s.h[h_index<C>(k, r - 1)]);
+  return norm.value();
+}
+
+// Warp 0: fold layer d's row slots into the block totals. Row 0 has no pair (its change flag
+// and input step are 0) but its sum flags a non-finite pre-activation like every other row's.
 template <class C>
 __device__ void finalize_layer(const Smem<C>& s, int d, int lane) {
   typedef typename C::T T;
   double len = 0.0, len0 = 0.0;
   unsigned pc = 0, trans = 0;
-  for (int r = 1 + lane; r < C::BM; r += 32) {
+  bool finite = true;
+  for (int r = lane; r < C::BM; r += 32) {
     T v = T(0);
     unsigned c = 0;
     for (int k = 0; k < C::WPR; ++k) {
       v += s.row_sq[r * C::WPR + k];
       c |= s.row_chg[r * C::WPR + k];
     }
-    len += (double)fx_sqrt(v);
+    if (v != v)
+      finite = false;
+    else if (r > 0)
+      len += v >= fx::SafeSum<T>::lo && v <= fx::SafeSum<T>::hi ? (double)fx_sqrt(v) : scaled_step(s, r);
     pc += c;
     s.net_row[r] |= c;
     if (d == 1) len0 += s.in0[r];
   }
+  if (__ballot_sync(FULL_MASK, !finite) != 0u && lane == 0 && (*s.blk_bad == 0 || d < *s.blk_bad)) *s.blk_bad = d;
   for (int k = lane; k < C::NW; k += 32) trans += s.warp_trans[k];
   len = group_sum<32>(len);
   len0 = group_sum<32>(len0);
@@ -483,8 +500,8 @@ __device__ void emit_tile(const Smem<C>& s, long long s0, long long start, long 
 
 template <class C, typename T>
 __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long long start, long long stop,
-                                        u64* trans_out, u64* pc_out, u64* net_out, double* len_out, u64* hcount,
-                                        u64* hashes, long long smem_size) {
+                                        u64* trans_out, u64* pc_out, u64* net_out, double* len_out, int* bad_out,
+                                        u64* hcount, u64* hashes, long long smem_size) {
   extern __shared__ __align__(16) unsigned char fx_smem[];
   const Smem<C> s(fx_smem, net.L);
   if (s.bytes > (size_t)smem_size) __trap();  // the launch gave less shared memory than the layout needs
@@ -546,6 +563,7 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
   }
   for (int d = tid; d <= L; d += C::NT) atomicAdd(len_out + d, s.blk_len[d]);
   if (tid == 0) atomicAdd(net_out, *s.blk_net);
+  if (tid == 0 && *s.blk_bad != 0) atomicMin(bad_out, *s.blk_bad);
 }
 
 }  // namespace fxc
@@ -553,16 +571,19 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
 // ---------------------------------------------------------------------------------------------
 // Entry points. Per trajectory b (blockIdx.y), traj[6 b ..] = (kind, n_points, offset of its
 // projected basis in proj, basis vectors k, offset of its vertices in verts, offset of its
-// segment lengths in seglen) and gram[4 b ..] its Gram matrix; outputs are per trajectory:
-// trans/pcs (B, L), net (B,), lengths (B, L+1), hcount (B,), hashes (B, cap) with cap >= stop-start.
-// Counters must be zero (or hold earlier totals) on entry.
+// segment lengths in seglen) and geom[6 b ..] = (scale, line_norm, coords row-major); outputs
+// are per trajectory: trans/pcs (B, L), net (B,), lengths (B, L+1), overflow (B,) (atomicMin'd
+// with the first layer that had an inf or NaN pre-activation), hcount (B,), hashes (B, cap)
+// with cap >= stop-start. Counters must be zero (or hold earlier totals) on entry, overflow
+// larger than L.
 
 #define FX_KERNEL_PARAMS(T)                                                                            \
   const T *wt, const T *bias, const unsigned long long *keys, const int *acts, const int *npad, int L,  \
-      const double *bias1, const double *proj, const double *gram, const double *verts,                 \
+      const double *bias1, const double *proj, const double *geom, const double *verts,                 \
       const double *seglen, const long long *traj, int m, long long start, long long stop,              \
       unsigned long long *trans, unsigned long long *pcs, unsigned long long *net, double *lengths,     \
-      unsigned long long *hcount, unsigned long long *hashes, long long cap, long long smem_size
+      int *overflow, unsigned long long *hcount, unsigned long long *hashes, long long cap,             \
+      long long smem_size
 
 // FX_KERNEL(name, dtype, threads NT, tile rows BM, rows per thread TM, columns per thread CN,
 //           W^T rows per stage BK, minimum resident blocks per SM): one line per configuration.
@@ -573,9 +594,9 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
     const long long* tr = traj + 6 * b;                                                                \
     const fxc::Net<T> nt = {wt, bias, keys, acts, npad, bias1, L};                                     \
     const fxc::Traj tj = {(int)tr[0], tr[1], proj + tr[2], tr[3], verts + tr[4], seglen + tr[5],       \
-                          gram + 4 * b, m};                                                            \
+                          geom + 6 * b, m};                                                            \
     fxc::measure<C, T>(nt, tj, start, stop, trans + b * L, pcs + b * L, net + b, lengths + b * (L + 1), \
-                       hcount + b, hashes + b * cap, smem_size);                                       \
+                       overflow + b, hcount + b, hashes + b * cap, smem_size);                         \
   }
 
 // float32: 64 accumulators per thread except at width 64 (32, three blocks per SM).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import Partials, Plan
+from ..plan import Partials, Plan, check_forward_pass
 
 NAME = "cpu"
 
@@ -35,9 +35,11 @@ def probe() -> None:
 
 def run(plan: Plan, start: int, stop: int) -> Partials:
     """Partials of samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan.Partials)."""
-    transitions, pattern_changes, network_changes, lengths, hashes = _extension().measure(
+    transitions, pattern_changes, network_changes, lengths, hashes, overflow_layer = _extension().measure(
         plan.proj, plan.bias1, list(plan.weights), list(plan.biases), list(plan.activations), plan.kind,
-        plan.gram, plan.vertices, plan.seg_len, plan.n_points, start, stop, np.dtype(plan.dtype), tile=TILE)
+        plan.scale, plan.line_norm, plan.coords, plan.vertices, plan.seg_len, plan.n_points, start, stop,
+        np.dtype(plan.dtype), tile=TILE)
+    check_forward_pass(plan, overflow_layer)
     return Partials(transitions, pattern_changes, int(network_changes), lengths, hashes)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..plan import Partials, Plan, pattern_keys
+from ..plan import Partials, Plan, check_forward_pass, pattern_keys
 from . import cuda_compile
 
 NAME = "cuda"
@@ -35,6 +35,8 @@ LAUNCH_POINTS = 1 << 24
 DEBUG = os.environ.get("FASTEXPR_DEBUG", "0") not in ("", "0")
 #: What an unwritten hash slot holds in debug mode.
 POISON = np.uint64(0xDEADBEEFDEADBEEF)
+#: The kernel's ``overflow`` output before any block reports a layer with an inf or NaN pre-activation.
+NO_OVERFLOW = np.iinfo(np.int32).max
 
 SOURCE = "measure.cu"
 _KERNEL_LINE = re.compile(r"^FX_KERNEL\((\w+), (float|double), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)$",
@@ -127,7 +129,7 @@ class Config:
             self.rows * 4,                         # net_row
             4 * self.rows * 8,                     # in0, seg, w0, w1
             self.threads // 32 * 4,                # warp_trans
-            depth * 8, depth * 8, (depth + 1) * 8, 8,  # blk_trans, blk_pc, blk_len, blk_net
+            depth * 8, depth * 8, (depth + 1) * 8, 8, 4,  # blk_trans, blk_pc, blk_len, blk_net, blk_bad
         ]
         return sum(-(-p // 16) * 16 for p in parts)
 
@@ -202,7 +204,8 @@ def network_arrays(plan: Plan, config: Config) -> dict[str, np.ndarray]:
 
 
 def trajectory_arrays(plans: list[Plan], config: Config) -> dict[str, np.ndarray]:
-    """Every trajectory's projected basis (padded), Gram matrix, vertices and segment lengths, packed."""
+    """Every trajectory's projected basis (padded), input-length fields (scale, line_norm, coords),
+    vertices and segment lengths, packed."""
     n1 = plans[0].widths[1]
     traj = np.zeros((len(plans), 6), np.int64)
     proj, verts, seglen = [], [], []
@@ -216,24 +219,26 @@ def trajectory_arrays(plans: list[Plan], config: Config) -> dict[str, np.ndarray
         verts.append(plan.vertices)
         seglen.append(plan.seg_len)
         offsets += (padded.size, plan.vertices.size, plan.seg_len.size)
-    return dict(traj=traj, proj=_packed(proj, np.float64), gram=_packed([p.gram for p in plans], np.float64),
+    geom = [np.concatenate([[p.scale, p.line_norm], p.coords.ravel()]) for p in plans]
+    return dict(traj=traj, proj=_packed(proj, np.float64), geom=_packed(geom, np.float64),
                 verts=_packed(verts, np.float64), seglen=_packed(seglen, np.float64))
 
 
 def output_arrays(xp, batch: int, depth: int, capacity: int) -> dict:
-    """Zeroed counters and the hash buffer, as ``xp`` (numpy or cupy) arrays."""
+    """Zeroed counters, ``overflow`` at NO_OVERFLOW and the hash buffer, as ``xp`` (numpy or cupy) arrays."""
     return dict(
         trans=xp.zeros((batch, depth), np.uint64), pcs=xp.zeros((batch, depth), np.uint64),
         net=xp.zeros(batch, np.uint64), lengths=xp.zeros((batch, depth + 1), np.float64),
-        hcount=xp.zeros(batch, np.uint64), hashes=xp.zeros((batch, capacity), np.uint64))
+        overflow=xp.full(batch, NO_OVERFLOW, np.int32), hcount=xp.zeros(batch, np.uint64),
+        hashes=xp.zeros((batch, capacity), np.uint64))
 
 
 def kernel_args(net: dict, traj: dict, out: dict, plan: Plan, start: int, stop: int, smem: int) -> tuple:
     """The kernel's arguments in the order of FX_KERNEL_PARAMS (arrays of any array library)."""
     return (net["wt"], net["bias"], net["keys"], net["acts"], net["npad"], np.int32(plan.depth), net["bias1"],
-            traj["proj"], traj["gram"], traj["verts"], traj["seglen"], traj["traj"], np.int32(plan.widths[0]),
-            np.int64(start), np.int64(stop), out["trans"], out["pcs"], out["net"], out["lengths"], out["hcount"],
-            out["hashes"], np.int64(out["hashes"].shape[1]), np.int64(smem))
+            traj["proj"], traj["geom"], traj["verts"], traj["seglen"], traj["traj"], np.int32(plan.widths[0]),
+            np.int64(start), np.int64(stop), out["trans"], out["pcs"], out["net"], out["lengths"], out["overflow"],
+            out["hcount"], out["hashes"], np.int64(out["hashes"].shape[1]), np.int64(smem))
 
 
 def grid(config: Config, batch: int, start: int, stop: int, sms: int) -> tuple[int, int, int]:
@@ -261,7 +266,8 @@ def measure_launches(plans: list[Plan], start: int, stop: int, config: Config, x
 
     Each launch covers at most LAUNCH_POINTS samples of all trajectories together; neighbouring
     launches share one sample. Counters accumulate in place across launches; each launch's hashes
-    are de-duplicated with ``xp.unique`` before they reach the host.
+    are de-duplicated with ``xp.unique`` before they reach the host. Raises OverflowInForwardPass
+    when the kernel saw an inf or NaN pre-activation.
     """
     to_host = getattr(xp, "asnumpy", np.asarray)
     first, batch = plans[0], len(plans)
@@ -290,7 +296,10 @@ def measure_launches(plans: list[Plan], start: int, stop: int, config: Config, x
         if b == stop:
             break
         a = b - 1
-    return partials({k: to_host(v) for k, v in out.items() if k != "hashes"}, hashes)
+    host = {k: to_host(v) for k, v in out.items() if k != "hashes"}
+    for plan, layer in zip(plans, host["overflow"]):
+        check_forward_pass(plan, 0 if layer == NO_OVERFLOW else int(layer))
+    return partials(host, hashes)
 
 
 def _validate(plans: list[Plan], start: int, stop: int) -> None:

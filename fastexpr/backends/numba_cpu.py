@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..plan import ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, pattern_keys
+from ..plan import ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
 
 NAME = "numba"
 
@@ -37,18 +37,32 @@ _jit = njit(cache=True, fastmath=FASTMATH)
 
 
 @_jit
+def _polyline_segment(i, n_points, n_vertices):
+    """Segment and fraction of POLYLINE sample i, in exact integer arithmetic (semantics.h)."""
+    m, a = n_points - 1, n_vertices - 1
+    q = np.int64(np.float64(i) * np.float64(a) / np.float64(m))  # within 1 of floor(i a / m)
+    r = np.int64(np.uint64(i) * np.uint64(a) - np.uint64(q) * np.uint64(m))  # exact: wraps back into range
+    while r < 0:
+        r += m
+        q -= 1
+    while r >= m:
+        r -= m
+        q += 1
+    if q > n_vertices - 2:
+        return n_vertices - 2, 1.0
+    return q, np.float64(r) / np.float64(m)
+
+
+@_jit
 def _coefficients(kind, a, n, n_points, n_vertices, c0, c1, seg):
     """Trajectory coefficients of samples a .. a+n-1 in float64 (semantics.h)."""
     for p in range(n):
         t = (a + p) / (n_points - 1)
         if kind == POLYLINE:
-            s = t * (n_vertices - 1)
-            j = min(max(np.int64(np.floor(s)), 0), n_vertices - 2)
-            seg[p] = j
-            c1[p] = s - j
+            seg[p], c1[p] = _polyline_segment(a + p, n_points, n_vertices)
             c0[p] = 1.0 - c1[p]
-        elif kind == LINE:
-            c0[p] = 1.0 - t
+        elif kind == LINE:  # over x0 and x1 - x0 (plan.py)
+            c0[p] = 1.0
             c1[p] = t
         elif kind == ARC:
             c0[p] = np.cos(0.5 * np.pi * t)
@@ -59,27 +73,50 @@ def _coefficients(kind, a, n, n_points, n_vertices, c0, c1, seg):
 
 
 @_jit
-def _input_length(kind, n, c0, c1, seg, gram, vertices, seg_len):
-    """Sum of the input trajectory's segment lengths over the tile's pairs (float64)."""
+def _scaled_norm(x, n):
+    """sqrt(sum x[:n]^2) with a running scale, so that no square under- or overflows (semantics.h)."""
+    scale, ssq = 0.0, 1.0
+    for k in range(n):
+        v = abs(x[k])
+        if v == 0.0:
+            continue
+        if scale < v:
+            ssq = 1.0 + ssq * (scale / v) * (scale / v)
+            scale = v
+        else:
+            ssq += (v / scale) * (v / scale)
+    return scale * np.sqrt(ssq)
+
+
+@_jit
+def _two_vector_step(kind, t0, t1, line_norm, coords):
+    """Input step from t0 to t1 in units of the plan's scale: no difference of nearby values (semantics.h)."""
+    if kind == LINE:
+        return abs(t1 - t0) * line_norm
+    w = 0.5 * np.pi if kind == ARC else 2.0 * np.pi
+    a0, a1 = w * t0, w * t1
+    a = 0.5 * (a0 + a1)
+    s, c = np.sin(a), np.cos(a)
+    return 2.0 * abs(np.sin(0.5 * (a1 - a0))) * np.hypot(s * coords[0, 0] - c * coords[0, 1],
+                                                          s * coords[1, 0] - c * coords[1, 1])
+
+
+@_jit
+def _input_length(kind, a, n, n_points, c0, c1, seg, scale, line_norm, coords, vertices, seg_len, step):
+    """Sum of the input trajectory's segment lengths over the tile's pairs (float64); ``step`` is scratch."""
     total = 0.0
     for p in range(1, n):
-        if kind == POLYLINE:
-            j0, j1 = seg[p - 1], seg[p]
-            if j0 == j1:
-                total += abs(c1[p] - c1[p - 1]) * seg_len[j0]
-            else:
-                q = 0.0
-                for k in range(vertices.shape[1]):
-                    x0 = c0[p - 1] * vertices[j0, k] + c1[p - 1] * vertices[j0 + 1, k]
-                    x1 = c0[p] * vertices[j1, k] + c1[p] * vertices[j1 + 1, k]
-                    q += (x1 - x0) * (x1 - x0)
-                total += np.sqrt(q)
+        if kind != POLYLINE:
+            total += _two_vector_step(kind, (a + p - 1) / (n_points - 1), (a + p) / (n_points - 1), line_norm, coords)
+        elif seg[p - 1] == seg[p]:
+            total += abs(c1[p] - c1[p - 1]) * seg_len[seg[p]]
         else:
-            d0 = c0[p] - c0[p - 1]
-            d1 = c1[p] - c1[p - 1]
-            q = d0 * (gram[0, 0] * d0 + gram[0, 1] * d1) + d1 * (gram[1, 0] * d0 + gram[1, 1] * d1)
-            total += np.sqrt(max(q, 0.0))
-    return total
+            j0, j1 = seg[p - 1], seg[p]
+            for k in range(vertices.shape[1]):
+                step[k] = (c0[p] * vertices[j1, k] + c1[p] * vertices[j1 + 1, k]
+                           - (c0[p - 1] * vertices[j0, k] + c1[p - 1] * vertices[j0 + 1, k]))
+            total += _scaled_norm(step, vertices.shape[1])
+    return total * scale
 
 
 @_jit
@@ -148,6 +185,7 @@ def _epilogue(act, z, n, kp, km, code, hsh, changed, sq):
     """Codes, transitions, hash, activation and squared steps (compute dtype) of one layer.
 
     Returns (transitions, pattern changes); ``changed[p]`` flags the pairs whose layer code differs.
+    ``sq[p]`` also sums ``z * 0`` over the sample's pre-activations: NaN exactly when one is inf or NaN.
     """
     transitions = 0
     changed[:n] = 0
@@ -156,6 +194,8 @@ def _epilogue(act, z, n, kp, km, code, hsh, changed, sq):
     zero = z.dtype.type(0.0)
     for j in range(z.shape[0]):
         row = z[j]
+        for p in range(n):
+            sq[p] += row[p] * zero
         if act == RELU:
             for p in range(n):
                 code[p] = 1 if row[p] > zero else 0
@@ -182,14 +222,40 @@ def _epilogue(act, z, n, kp, km, code, hsh, changed, sq):
 
 
 @_jit
-def _tile(a, n, emit_first, kind, n_points, proj, bias1, gram, vertices, seg_len,
-         w_flat, w_off, b_flat, b_off, widths, acts, kp, km,
-         buf0, buf1, c0, c1, seg, code, hsh, changed, net_changed, sq,
+def _layer_length(h, n, sq, safe_min, safe_max, step):
+    """Sum of the layer's step norms over the tile's pairs, and whether every pre-activation was finite.
+
+    A plain sum of squares ``sq[p]`` in the compute dtype is used between ``safe_min`` and
+    ``safe_max``; outside, the step is redone from the activations ``h`` in float64, scaled.
+    """
+    finite = sq[0] == sq[0]
+    total = 0.0
+    for p in range(1, n):
+        q = sq[p]
+        if q >= safe_min and q <= safe_max:
+            total += np.float64(np.sqrt(q))
+        elif q == q:
+            for j in range(h.shape[0]):
+                step[j] = np.float64(h[j, p]) - np.float64(h[j, p - 1])
+            total += _scaled_norm(step, h.shape[0])
+        else:
+            finite = False
+    return total, finite
+
+
+@_jit
+def _tile(a, n, emit_first, kind, n_points, proj, bias1, scale, line_norm, coords, vertices, seg_len,
+         w_flat, w_off, b_flat, b_off, widths, acts, kp, km, safe_min, safe_max,
+         buf0, buf1, c0, c1, seg, code, hsh, changed, net_changed, sq, step,
          trans, pchg, lens, hash_out):
-    """Process samples a .. a+n-1 (pairs a .. a+n-2); returns (network changes, hashes emitted)."""
+    """Process samples a .. a+n-1 (pairs a .. a+n-2).
+
+    Returns (network changes, hashes emitted, first layer with a non-finite pre-activation or 0).
+    """
     depth = acts.shape[0]
     _coefficients(kind, a, n, n_points, proj.shape[0], c0, c1, seg)
-    lens[0] = _input_length(kind, n, c0, c1, seg, gram, vertices, seg_len)
+    lens[0] = _input_length(kind, a, n, n_points, c0, c1, seg, scale, line_norm, coords, vertices, seg_len, step)
+    overflow_layer = 0
     hsh[:n] = 0
     net_changed[:n] = 0
     h = buf0[: widths[1] * n].reshape((widths[1], n))
@@ -205,10 +271,9 @@ def _tile(a, n, emit_first, kind, n_points, proj, bias1, gram, vertices, seg_len
         trans[d], pchg[d] = _epilogue(acts[d], h, n, kp[d], km[d], code, hsh, changed, sq)
         for p in range(1, n):
             net_changed[p] |= changed[p]
-        total = 0.0
-        for p in range(1, n):
-            total += np.float64(np.sqrt(sq[p]))
-        lens[d + 1] = total
+        lens[d + 1], finite = _layer_length(h, n, sq, safe_min, safe_max, step)
+        if not finite and overflow_layer == 0:
+            overflow_layer = d + 1
     n_changes = 0
     n_emit = 0
     if emit_first:
@@ -219,13 +284,14 @@ def _tile(a, n, emit_first, kind, n_points, proj, bias1, gram, vertices, seg_len
             n_changes += 1
             hash_out[n_emit] = hsh[p]
             n_emit += 1
-    return n_changes, n_emit
+    return n_changes, n_emit, overflow_layer
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _run_tiles(lo, hi, tile_pairs, n_workers, emit_lo, kind, n_points, proj, bias1, gram,
-              vertices, seg_len, w_flat, w_off, b_flat, b_off, widths, acts, kp, km):
-    """Pairs lo .. hi-1 (samples lo .. hi): reduced counts, lengths and run-start hashes."""
+def _run_tiles(lo, hi, tile_pairs, n_workers, emit_lo, kind, n_points, proj, bias1, scale, line_norm, coords,
+              vertices, seg_len, w_flat, w_off, b_flat, b_off, widths, acts, kp, km, safe_min, safe_max):
+    """Pairs lo .. hi-1 (samples lo .. hi): reduced counts, lengths, run-start hashes and the
+    first layer with a non-finite pre-activation (0: none)."""
     depth = acts.shape[0]
     n_tiles = max(1, (hi - lo + tile_pairs - 1) // tile_pairs)
     cap = tile_pairs + 1
@@ -236,6 +302,7 @@ def _run_tiles(lo, hi, tile_pairs, n_workers, emit_lo, kind, n_points, proj, bia
     lens = np.zeros((n_tiles, depth + 1), np.float64)
     hashes = np.empty((n_tiles, cap), np.uint64)
     n_hashes = np.zeros(n_tiles, np.int64)
+    overflow = np.zeros(n_tiles, np.int64)
     for wk in prange(n_workers):
         buf0 = np.empty(max_w * cap, w_flat.dtype)
         buf1 = np.empty(max_w * cap, w_flat.dtype)
@@ -247,21 +314,23 @@ def _run_tiles(lo, hi, tile_pairs, n_workers, emit_lo, kind, n_points, proj, bia
         changed = np.empty(cap, np.uint8)
         net_changed = np.empty(cap, np.uint8)
         sq = np.empty(cap, w_flat.dtype)
+        step = np.empty(max(max_w, vertices.shape[1]), np.float64)
         for k in range(wk, n_tiles, n_workers):
             a = lo + k * tile_pairs
             n = min(a + tile_pairs, hi) - a + 1
             emit_first = emit_lo and k == 0
-            nchg[k], n_hashes[k] = _tile(
-                a, n, emit_first, kind, n_points, proj, bias1, gram, vertices, seg_len,
-                w_flat, w_off, b_flat, b_off, widths, acts, kp, km,
-                buf0, buf1, c0, c1, seg, code, hsh, changed, net_changed, sq,
+            nchg[k], n_hashes[k], overflow[k] = _tile(
+                a, n, emit_first, kind, n_points, proj, bias1, scale, line_norm, coords, vertices, seg_len,
+                w_flat, w_off, b_flat, b_off, widths, acts, kp, km, safe_min, safe_max,
+                buf0, buf1, c0, c1, seg, code, hsh, changed, net_changed, sq, step,
                 trans[k], pchg[k], lens[k], hashes[k])
     out = np.empty(n_hashes.sum(), np.uint64)
     pos = 0
     for k in range(n_tiles):
         out[pos: pos + n_hashes[k]] = hashes[k, : n_hashes[k]]
         pos += n_hashes[k]
-    return trans.sum(axis=0), pchg.sum(axis=0), nchg.sum(), lens.sum(axis=0), out
+    first = overflow[overflow > 0]
+    return trans.sum(axis=0), pchg.sum(axis=0), nchg.sum(), lens.sum(axis=0), out, first.min() if first.size else 0
 
 
 def _flatten(arrays, dtype):
@@ -285,7 +354,7 @@ def _check(plan, start: int, stop: int) -> None:
         raise ValueError(f"plan has {plan.depth} activations, {len(widths)} widths and {len(plan.weights)} hidden layers")
     if k < 2:
         raise ValueError(f"plan.proj needs at least 2 rows, got {k}")
-    shapes = [("proj", plan.proj, (k, widths[1])), ("bias1", plan.bias1, (widths[1],)), ("gram", plan.gram, (2, 2))]
+    shapes = [("proj", plan.proj, (k, widths[1])), ("bias1", plan.bias1, (widths[1],)), ("coords", plan.coords, (2, 2))]
     if plan.kind == POLYLINE:
         shapes += [("vertices", plan.vertices, (k, widths[0])), ("seg_len", plan.seg_len, (k - 1,))]
     shapes += [(f"weights[{d}]", w, (widths[d + 2], widths[d + 1])) for d, w in enumerate(plan.weights)]
@@ -302,8 +371,10 @@ def run(plan, start: int, stop: int) -> Partials:
     depth = plan.depth
     w_flat, w_off = _flatten(plan.weights, dtype)
     b_flat, b_off = _flatten(plan.biases, dtype)
-    basis = [np.ascontiguousarray(a, dtype=np.float64) for a in (plan.proj, plan.bias1, plan.gram, plan.vertices,
-                                                                 plan.seg_len)]
+    proj, bias1, coords, vertices, seg_len = (np.ascontiguousarray(a, dtype=np.float64) for a in (
+        plan.proj, plan.bias1, plan.coords, plan.vertices, plan.seg_len))
+    info = np.finfo(dtype)
+    safe_min, safe_max = float(np.sqrt(info.tiny)), float(info.max)
     widths = np.asarray(plan.widths, dtype=np.int64)
     acts = np.asarray(plan.activations, dtype=np.int64)
     kp = np.zeros((depth, int(widths[1:].max())), np.uint64)
@@ -320,8 +391,11 @@ def run(plan, start: int, stop: int) -> Partials:
     last = stop - 1
     for lo in range(start, max(last, start + 1), batch):
         hi = min(lo + batch, last)
-        tr, pc, nc, ln, hs = _run_tiles(lo, hi, TILE, n_workers, lo == start, plan.kind, plan.n_points, *basis,
-                                        w_flat, w_off, b_flat, b_off, widths, acts, kp, km)
+        tr, pc, nc, ln, hs, overflow_layer = _run_tiles(
+            lo, hi, TILE, n_workers, lo == start, plan.kind, plan.n_points, proj, bias1, float(plan.scale),
+            float(plan.line_norm), coords, vertices, seg_len, w_flat, w_off, b_flat, b_off, widths, acts, kp, km,
+            safe_min, safe_max)
+        check_forward_pass(plan, int(overflow_layer))
         transitions += tr
         pattern_changes += pc
         network_changes += int(nc)

@@ -4,8 +4,9 @@ Written the way a careful user would: samples in chunks of ``CHUNK`` (neighbouri
 share one sample), the first layer from the projected basis in float64, then one
 ``addmm`` per hidden layer in the compute dtype, region codes by comparison, transitions
 and pattern changes from differences of consecutive codes, the pattern hash as a wrapping
-int64 sum of per-neuron keys, and lengths as norms of consecutive differences summed in
-float64. It is both a backend and the baseline the benchmarks compare against.
+int64 sum of per-neuron keys, and lengths as norms of consecutive differences taken and
+summed in float64; one min/max reduction per layer watches for inf or NaN pre-activations.
+It is both a backend and the baseline the benchmarks compare against.
 
 On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends).
 """
@@ -16,12 +17,15 @@ import contextlib
 import numpy as np
 import torch
 
-from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, pattern_keys
+from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
 
 NAME = "torch"
 
 #: Samples per chunk (neighbouring chunks share one sample).
 CHUNK = 1 << 14
+#: A float64 norm at least this large (and finite) had no square lost to underflow that matters
+#: (the square root of fx::SafeSum<double>::lo in csrc/common/semantics.h).
+SAFE_NORM_MIN = 1.2213386697554620e-77
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
@@ -58,7 +62,7 @@ class _Tensors:
         f64 = dict(dtype=torch.float64, device=self.device)
         self.proj = torch.tensor(plan.proj, **f64)
         self.bias1 = torch.tensor(plan.bias1, **f64)
-        self.gram = torch.tensor(plan.gram, **f64)
+        self.coords = torch.tensor(plan.coords, **f64)
         self.vertices = torch.tensor(plan.vertices, **f64)
         self.seg_len = torch.tensor(plan.seg_len, **f64)
         self.weights = [torch.tensor(w, dtype=self.dtype, device=self.device) for w in plan.weights]
@@ -67,30 +71,60 @@ class _Tensors:
         self.keys = [tuple(torch.tensor(k.view(np.int64), device=self.device) for k in pair) for pair in keys]
 
 
-def _coefficients(plan, t):
-    """Coefficients at float64 samples ``t``: (c0, c1, None), or (1 - f, f, segment) for POLYLINE."""
-    if plan.kind == POLYLINE:
-        s = t * (plan.proj.shape[0] - 1)
-        seg = torch.floor(s).long().clamp_(0, plan.proj.shape[0] - 2)
-        f = s - seg
+def _coefficients(plan, i, t):
+    """Coefficients at int64 sample indices ``i`` (float64 ``t = i / (N - 1)``): (c0, c1, None), or
+    (1 - f, f, segment) for POLYLINE."""
+    if plan.kind == POLYLINE:  # exact integer arithmetic, as fx::polyline_segment in semantics.h
+        m, a = plan.n_points - 1, plan.proj.shape[0] - 1
+        seg = (i.double() * a / m).long()  # within 1 of floor(i a / m)
+        rem = i * a - seg * m  # exact: int64 arithmetic wraps back into (-m, 2m)
+        low, high = rem < 0, rem >= m
+        seg, rem = seg - low.long() + high.long(), rem + m * low.long() - m * high.long()
+        last = seg > a - 1  # the final sample: the end of the last segment
+        seg = torch.where(last, a - 1, seg)
+        f = torch.where(last, 1.0, rem.double() / m)
         return 1.0 - f, f, seg
-    if plan.kind == LINE:
-        return 1.0 - t, t, None
+    if plan.kind == LINE:  # over x0 and x1 - x0 (plan.py)
+        return torch.ones_like(t), t, None
     angle = (0.5 * np.pi if plan.kind == ARC else 2.0 * np.pi) * t
     return torch.cos(angle), torch.sin(angle), None
 
 
-def _input_length(c0, c1, seg, tt: _Tensors):
+def _scaled_norms(d):
+    """Row norms of float64 ``d``, each row scaled by its largest entry first (no under- or overflow)."""
+    top = d.abs().amax(dim=1, keepdim=True)
+    top = torch.where(top > 0, top, 1.0)
+    return torch.linalg.vector_norm(d / top, dim=1) * top[:, 0]
+
+
+def _step_norms(h):
+    """Norms of the differences of consecutive rows of ``h``, in float64, with no square under- or
+    overflowing: float32 differences cannot in float64; float64 rows that might are redone scaled."""
+    d = h.diff(dim=0)
+    norms = torch.linalg.vector_norm(d, dim=1, dtype=torch.float64)
+    if h.dtype == torch.float64:
+        redo = (norms < SAFE_NORM_MIN) | torch.isinf(norms)
+        if redo.any():
+            norms[redo] = _scaled_norms(d[redo])
+    return norms
+
+
+def _input_length(plan, t, c0, c1, seg, tt: _Tensors):
     """Length of the input trajectory over the chunk's pairs, float64 (formulas in plan.py)."""
     if seg is None:
-        dc = torch.stack([c0.diff(), c1.diff()], dim=1)
-        return ((dc @ tt.gram) * dc).sum(dim=1).clamp_min(0.0).sqrt().sum()
+        if plan.kind == LINE:
+            return t.diff().abs().sum() * plan.line_norm * plan.scale
+        w = 0.5 * np.pi if plan.kind == ARC else 2.0 * np.pi
+        angle = w * t
+        mid = 0.5 * (angle[1:] + angle[:-1])
+        a = torch.sin(mid)[:, None] * tt.coords[:, 0] - torch.cos(mid)[:, None] * tt.coords[:, 1]
+        return (2.0 * torch.sin(0.5 * angle.diff()).abs() * torch.hypot(a[:, 0], a[:, 1])).sum() * plan.scale
     same = seg[1:] == seg[:-1]
     along = (c1.diff().abs() * tt.seg_len[seg[:-1]])[same].sum()
-    i = (~same).nonzero().squeeze(1)  # pairs that cross a vertex: direct norm from the vertices
-    x0 = c0[i, None] * tt.vertices[seg[i]] + c1[i, None] * tt.vertices[seg[i] + 1]
-    x1 = c0[i + 1, None] * tt.vertices[seg[i + 1]] + c1[i + 1, None] * tt.vertices[seg[i + 1] + 1]
-    return along + torch.linalg.vector_norm(x1 - x0, dim=1).sum()
+    k = (~same).nonzero().squeeze(1)  # pairs that cross a vertex: direct norm from the vertices
+    x0 = c0[k, None] * tt.vertices[seg[k]] + c1[k, None] * tt.vertices[seg[k] + 1]
+    x1 = c0[k + 1, None] * tt.vertices[seg[k + 1]] + c1[k + 1, None] * tt.vertices[seg[k + 1] + 1]
+    return (along + _scaled_norms(x1 - x0).sum()) * plan.scale
 
 
 def _first_layer(c0, c1, seg, tt: _Tensors):
@@ -110,14 +144,17 @@ def _codes_and_activation(act, z):
 
 def _chunk(plan, tt: _Tensors, a: int, b: int, emit_first: bool, totals: dict):
     """Samples a .. b-1: add counts and lengths into ``totals``; return the emitted run-start hashes."""
-    t = torch.arange(a, b, dtype=torch.float64, device=tt.device) / (plan.n_points - 1)
-    c0, c1, seg = _coefficients(plan, t)
-    totals["lengths"][0] += _input_length(c0, c1, seg, tt)
+    i = torch.arange(a, b, dtype=torch.int64, device=tt.device)
+    t = i.double() / (plan.n_points - 1)
+    c0, c1, seg = _coefficients(plan, i, t)
+    totals["lengths"][0] += _input_length(plan, t, c0, c1, seg, tt)
     hashes = torch.zeros(b - a, dtype=torch.int64, device=tt.device)
     net_changed = torch.zeros(b - a - 1, dtype=torch.bool, device=tt.device)
     h = None
     for d, act in enumerate(plan.activations):
         z = _first_layer(c0, c1, seg, tt) if d == 0 else torch.addmm(tt.biases[d - 1], h, tt.weights[d - 1].T)
+        lowest, highest = torch.aminmax(z)  # NaN if any is NaN
+        totals["nonfinite"][d] |= ~(torch.isfinite(lowest) & torch.isfinite(highest))
         codes, h = _codes_and_activation(act, z)
         if codes is not None:
             step = codes.diff(dim=0)
@@ -127,7 +164,7 @@ def _chunk(plan, tt: _Tensors, a: int, b: int, emit_first: bool, totals: dict):
             net_changed |= changed
             key_plus, key_minus = tt.keys[d]
             hashes += torch.where(codes > 0, key_plus, torch.where(codes < 0, key_minus, 0)).sum(dim=1)
-        totals["lengths"][d + 1] += torch.linalg.vector_norm(h.diff(dim=0), dim=1).sum(dtype=torch.float64)
+        totals["lengths"][d + 1] += _step_norms(h).sum()
     totals["network_changes"] += net_changed.sum()
     emitted = hashes[1:][net_changed]
     return torch.cat([hashes[:1], emitted]) if emit_first else emitted
@@ -141,7 +178,8 @@ def run(plan, start: int, stop: int) -> Partials:
     zeros = dict(dtype=torch.int64, device=tt.device)
     totals = dict(transitions=torch.zeros(depth, **zeros), pattern_changes=torch.zeros(depth, **zeros),
                   network_changes=torch.zeros((), **zeros),
-                  lengths=torch.zeros(depth + 1, dtype=torch.float64, device=tt.device))
+                  lengths=torch.zeros(depth + 1, dtype=torch.float64, device=tt.device),
+                  nonfinite=torch.zeros(depth, dtype=torch.bool, device=tt.device))
     hashes = []
     with torch.no_grad(), _full_fp32(tt.device):
         a = start
@@ -151,6 +189,8 @@ def run(plan, start: int, stop: int) -> Partials:
             if b == stop:
                 break
             a = b - 1
+    nonfinite = totals["nonfinite"].cpu().numpy()
+    check_forward_pass(plan, int(np.argmax(nonfinite)) + 1 if nonfinite.any() else 0)
     run_hashes = torch.cat(hashes).cpu().numpy().view(np.uint64)
     return Partials(totals["transitions"].cpu().numpy(), totals["pattern_changes"].cpu().numpy(),
                     int(totals["network_changes"]), totals["lengths"].cpu().numpy(), np.unique(run_hashes))
