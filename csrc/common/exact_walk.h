@@ -159,9 +159,8 @@ FX_HD double gauss5(double p, double q, double r, double a, double b) {
   return s * h;
 }
 
-FX_HD double trig_length(double p, double q, double r, double a, double b) {
-  if (!(b > a) || (p <= 0 && q <= 0)) return 0.0;
-  // Explicit stack instead of recursion (CUDA); depth 40 halves the interval 2^40 times.
+FX_HD double adaptive_length(double p, double q, double r, double a, double b) {
+  // Explicit stack instead of recursion (CUDA); 44 levels halve the interval 2^44 times.
   double lo[48], hi[48], whole[48];
   int top = 0;
   lo[0] = a; hi[0] = b; whole[0] = gauss5(p, q, r, a, b);
@@ -181,11 +180,64 @@ FX_HD double trig_length(double p, double q, double r, double a, double b) {
   return total;
 }
 
-// Length of one layer's image over [a, b] from its Gram sums.
+// The speed^2 = (p+q)/2 + (q-p)/2 cos 2u - r sin 2u is smallest at u = (phi + pi)/2 + k pi; where it
+// reaches 0 (an image that degenerates to a segment) the speed has a kink that no local error
+// estimate can be trusted to see. The interval is split at those minima, then integrated adaptively.
+FX_HD double trig_length(double p, double q, double r, double a, double b) {
+  if (!(b > a) || (p <= 0 && q <= 0)) return 0.0;
+  const double pi = 3.14159265358979323846;
+  const double first = 0.5 * (atan2(-r, 0.5 * (q - p)) + pi);
+  double k = ceil((a - first) / pi), total = 0.0, x0 = a;
+  for (double m = first + k * pi; m < b; m += pi) {
+    if (m > x0) { total += adaptive_length(p, q, r, x0, m); x0 = m; }
+  }
+  return total + adaptive_length(p, q, r, x0, b);
+}
+
+// Add every layer's length over [a, b] (d = 0..L) from the Gram sums. TRIG: the Gauss-Legendre
+// nodes of [a, b] and of its halves are shared by all layers (one sin/cos per node); a layer
+// whose halves disagree with the whole goes to the adaptive rule.
 template <int KIND>
-FX_HD double piece_length(const double* g, double a, double b) {
-  if (KIND == LINEAR_UNIT) return (b - a) * sqrt(g[0]);
-  return trig_length(g[0], g[1], g[2], a, b);
+FX_HD void add_piece_lengths(const double* gram, int L, double a, double b, double* lengths) {
+  if (KIND == LINEAR_UNIT) {
+    for (int d = 0; d <= L; ++d) lengths[d] += (b - a) * sqrt(gram[3 * d]);
+    return;
+  }
+  if (!(b > a)) return;
+  const double x[5] = {-0.9061798459386640, -0.5384693101056831, 0.0, 0.5384693101056831, 0.9061798459386640};
+  const double w[5] = {0.2369268850561891, 0.4786286704993665, 0.5688888888888889, 0.4786286704993665,
+                       0.2369268850561891};
+  if (b - a > 1.0) {  // long pieces (few crossings): the general rule
+    for (int d = 0; d <= L; ++d) lengths[d] += trig_length(gram[3 * d], gram[3 * d + 1], gram[3 * d + 2], a, b);
+    return;
+  }
+  double sn[15], cs[15];
+  const double m = 0.5 * (a + b), h = 0.5 * (b - a);
+  // d(speed^2)/du = (p - q) sin 2u - 2 r cos 2u: a change of sign from - to + marks a minimum inside
+  const double s2a = sin(2.0 * a), c2a = cos(2.0 * a), s2b = sin(2.0 * b), c2b = cos(2.0 * b);
+  for (int i = 0; i < 5; ++i) {
+    const double nodes[3] = {m + h * x[i], 0.5 * (a + m) + 0.5 * h * x[i], 0.5 * (m + b) + 0.5 * h * x[i]};
+    for (int k = 0; k < 3; ++k) { sn[5 * k + i] = sin(nodes[k]); cs[5 * k + i] = cos(nodes[k]); }
+  }
+  for (int d = 0; d <= L; ++d) {
+    const double p = gram[3 * d], q = gram[3 * d + 1], r = gram[3 * d + 2];
+    if (p <= 0 && q <= 0) continue;
+    if ((p - q) * s2a - 2.0 * r * c2a < 0 && (p - q) * s2b - 2.0 * r * c2b > 0) {  // a minimum inside
+      lengths[d] += trig_length(p, q, r, a, b);
+      continue;
+    }
+    double part[3] = {0, 0, 0};
+    for (int k = 0; k < 3; ++k)
+      for (int i = 0; i < 5; ++i) {
+        const double v = p * sn[5 * k + i] * sn[5 * k + i] + q * cs[5 * k + i] * cs[5 * k + i] -
+                         2.0 * r * sn[5 * k + i] * cs[5 * k + i];
+        part[k] += w[i] * (v > 0 ? sqrt(v) : 0.0);
+      }
+    const double whole = part[0] * h, halves = (part[1] + part[2]) * 0.5 * h;
+    const double scale = sqrt(p > q ? p : q) * (b - a);
+    if (fabs(halves - whole) <= 1e-14 * scale + 1e-13 * fabs(halves)) lengths[d] += halves;
+    else lengths[d] += trig_length(p, q, r, a, b);
+  }
 }
 
 // Gram sums of layer d's post-activation coefficients (1: k1, 2: k2), scaled against
@@ -228,19 +280,66 @@ FX_HD bool layer_gram(const ExactNet& net, const ExactScratch& s, long long tota
   return g[0] <= 1.79e308 && g[1] <= 1.79e308 && fabs(g[2]) <= 1.79e308;
 }
 
+// TRIG only: a lower bound on the exit time of a neuron whose code holds at u with a margin,
+// from |dz/du| <= |k1| + |k2|; LAZY marks it in exit_dir. Computing the exact exit (acos,
+// atan2) is deferred until the bound comes up as a candidate (resolve_lazy), which most never do.
+static const signed char LAZY = 2;
+
+FX_HD double trig_exit_bound(int act, int code, double k0, double k1, double k2, double cu, double su, double u) {
+  double lo = 0, hi = 0;
+  bool has_lo, has_hi;
+  code_bounds(act, code, &lo, &hi, &has_lo, &has_hi);
+  if (!has_lo && !has_hi) return NEVER;
+  const double z = k0 + k1 * cu + k2 * su, rate = fabs(k1) + fabs(k2);
+  double dist = NEVER;
+  if (has_hi) dist = hi - z;
+  if (has_lo && z - lo < dist) dist = z - lo;
+  const double margin = 1e-13 * (fabs(k0) + rate + 1.0);  // well above the rounding of z
+  if (!(dist > margin) || rate == 0.0) return -1.0;       // too close to call (or constant): exact now
+  return u + (dist - margin) / rate;
+}
+
 // Recompute exit times of layer d (all neurons) at u and its minimum.
 template <int KIND>
 FX_HD void layer_exits(const ExactNet& net, ExactScratch& s, long long total, int d, double u, double tol) {
   const long long o = net.offset[d];
+  const double cu = KIND == TRIG_UNIT ? cos(u) : 0.0, su = KIND == TRIG_UNIT ? sin(u) : 0.0;
   double best = NEVER;
   for (int j = 0; j < net.width[d]; ++j) {
     const long long i = o + j;
-    const double e = exit_time<KIND>(net.act[d], s.code[i], s.Z[i], s.Z[total + i], s.Z[2 * total + i], u, tol,
-                                     &s.exit_dir[i]);
+    double e = -1.0;
+    if (KIND == TRIG_UNIT) {
+      e = trig_exit_bound(net.act[d], s.code[i], s.Z[i], s.Z[total + i], s.Z[2 * total + i], cu, su, u);
+      s.exit_dir[i] = e == NEVER ? 0 : LAZY;
+    }
+    if (e < 0.0)
+      e = exit_time<KIND>(net.act[d], s.code[i], s.Z[i], s.Z[total + i], s.Z[2 * total + i], u, tol, &s.exit_dir[i]);
     s.exit_u[i] = e;
     best = e < best ? e : best;
   }
   s.layer_min[d] = best;
+}
+
+// Replace the lazy bounds of layer d at or below `limit` by exact exit times (computed at u);
+// true if there were any.
+template <int KIND>
+FX_HD bool resolve_lazy(const ExactNet& net, ExactScratch& s, long long total, int d, double u, double tol,
+                        double limit) {
+  if (KIND != TRIG_UNIT) return false;
+  const long long o = net.offset[d];
+  bool any = false;
+  double best = NEVER;
+  for (int j = 0; j < net.width[d]; ++j) {
+    const long long i = o + j;
+    if (s.exit_dir[i] == LAZY && s.exit_u[i] <= limit) {
+      s.exit_u[i] = exit_time<KIND>(net.act[d], s.code[i], s.Z[i], s.Z[total + i], s.Z[2 * total + i], u, tol,
+                                    &s.exit_dir[i]);
+      any = true;
+    }
+    best = s.exit_u[i] < best ? s.exit_u[i] : best;
+  }
+  s.layer_min[d] = best;
+  return any;
 }
 
 // Z of layer d >= 1 from scratch, from layer d-1's codes and coefficients.
@@ -272,7 +371,8 @@ FX_HD u64 pattern_key_delta(const ExactNet& net, long long i, int from, int to) 
 template <int KIND>
 FX_HD bool try_flip(const ExactNet& net, ExactScratch& s, long long total, int d, long long i, double u, double tol,
                     u64* hash, long long* repairs) {
-  if (!(s.exit_u[i] <= u + tol && s.exit_dir[i] != 0 && s.flips[i] < MAX_FLIPS_PER_POINT)) return false;
+  if (!(s.exit_u[i] <= u + tol && s.exit_dir[i] != 0 && s.exit_dir[i] != LAZY && s.flips[i] < MAX_FLIPS_PER_POINT))
+    return false;
   if (s.exit_u[i] < u - tol) ++*repairs;
   if (s.flips[i] == 0) s.before[i] = s.code[i];
   const int from = s.code[i], to = from + s.exit_dir[i];
@@ -290,6 +390,7 @@ template <int KIND>
 FX_HD int flip_layer(const ExactNet& net, ExactScratch& s, long long total, int d, double u, double tol,
                      u64* hash, long long* repairs) {
   if (!(s.layer_min[d] <= u + tol)) return 0;
+  if (resolve_lazy<KIND>(net, s, total, d, u, tol, u + tol) && !(s.layer_min[d] <= u + tol)) return 0;
   const long long o = net.offset[d];
   int n_flipped = 0;
   double best = NEVER;
@@ -446,10 +547,15 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
     }
     // ---- advance to the next crossing point ----
     double next = NEVER;
-    for (int d = 0; d < L; ++d) next = s.layer_min[d] < next ? s.layer_min[d] : next;
+    for (bool lazy = true; lazy;) {  // until the earliest candidate is an exact exit time
+      int first = 0;
+      for (int d = 1; d < L; ++d) first = s.layer_min[d] < s.layer_min[first] ? d : first;
+      next = s.layer_min[first];
+      lazy = next < u1 && resolve_lazy<KIND>(net, s, total, first, u, tol, next + tol);
+    }
     if (next < u + tol) next = u + 2.0 * tol;  // a neuron held back by MAX_FLIPS_PER_POINT: still advance
     const double stop = next < u1 - tol ? next : u1;
-    for (int d = 0; d <= L; ++d) out.lengths[d] += piece_length<KIND>(s.gram + 3 * d, u, stop);
+    add_piece_lengths<KIND>(s.gram, L, u, stop, out.lengths);
     if (stop >= u1) break;
     u = next;
   }
