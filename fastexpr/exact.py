@@ -17,7 +17,8 @@ import numpy as np
 
 from . import backends
 from .network import Network
-from .plan import ARC, CIRCLE, LINE, POLYLINE
+from .plan import ARC, CIRCLE, LINE, POLYLINE, OverflowInForwardPass
+from .result import Result
 from .trajectory import Trajectory
 
 LINEAR_UNIT, TRIG_UNIT = 0, 1
@@ -31,10 +32,6 @@ CODES_PER_BATCH = 1 << 24
 
 CROSSING_DTYPE = np.dtype([("t", np.float64), ("layer", np.int64), ("neuron", np.int64),
                            ("from_code", np.int8), ("to_code", np.int8)])
-
-
-class NumericalError(ArithmeticError):
-    """A coefficient of the exact walk overflowed (the network's values exceed float64)."""
 
 
 @dataclass
@@ -111,7 +108,7 @@ def _backend(name: str):
     if name != "auto":
         module = backends.get(name)
         if not hasattr(module, "exact_walk"):
-            raise backends.BackendUnavailable(f"backend {name!r} has no exact engine; use 'cpu' or 'numba'")
+            raise ValueError(f"backend {name!r} has no exact engine; use 'auto', 'cpu' or 'numba'")
         return module
     for candidate in ("cpu", "numba"):
         module, _ = backends._load(candidate)
@@ -163,8 +160,8 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
                                     units.g_in[sl], units.tol, max_crossings)
             bad = np.flatnonzero(out["errors"])
             if bad.size:
-                raise NumericalError("a pre-activation or its slope overflowed float64 during the exact walk "
-                                     f"(unit {a + bad[0]}); the network's values are too large to walk")
+                raise OverflowInForwardPass("a pre-activation or its slope overflowed float64 during the exact walk "
+                                            f"(unit {a + bad[0]}): the network's values are too large")
             transitions += out["transitions"].sum(axis=0)
             pattern_changes += out["pattern_changes"].sum(axis=0)
             network_changes += int(out["network_changes"].sum())
@@ -220,6 +217,27 @@ def _count_joins(net, codes_from, codes_to, t, transitions, pattern_changes, cro
         rec["t"], rec["layer"], rec["neuron"] = t[rows], layer, cols - offsets[layer - 1]
         rec["from_code"], rec["to_code"] = codes_from[rows, cols], codes_to[rows, cols]
         crossings.append(rec)
+
+
+def measure_exact(net: Network, trajs: list[Trajectory], n_points, backend: str, dtype, progress) -> Result:
+    """``measure(..., exact=True)`` for a list of trajectories: a batched Result."""
+    if n_points is not None:
+        raise ValueError(f"n_points={n_points!r} has no meaning with exact=True: the exact engine counts every "
+                         "crossing point in the continuum; leave n_points out")
+    name = getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
+    if name != "float64":
+        raise ValueError(f"exact=True computes in float64; got dtype={dtype!r}")
+    for traj in trajs:
+        _check(net, traj)
+    totals = [walk(net, traj, backend, progress=progress) for traj in trajs]
+    return Result(
+        transitions=np.stack([t.transitions for t in totals]),
+        pattern_changes=np.stack([t.pattern_changes for t in totals]),
+        network_changes=np.array([t.network_changes for t in totals], dtype=np.int64),
+        distinct_patterns=np.array([t.distinct_patterns for t in totals], dtype=np.int64),
+        lengths=np.stack([t.lengths for t in totals]),
+        n_points=None, widths=net.widths, activations=net.activations, dtype="float64", backend=totals[0].backend,
+        trajectories=tuple(t.name for t in trajs), exact=True)
 
 
 def crossings(net: Network, trajectory, max_crossings: int = 1_000_000, backend: str = "auto") -> np.ndarray:

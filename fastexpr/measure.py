@@ -172,7 +172,7 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
 
 
 def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float64",
-            progress: bool | None = None) -> Result:
+            progress: bool | None = None, exact: bool = False) -> Result:
     """Transitions, pattern changes, distinct patterns and lengths of ``trajectory`` through ``net``.
 
     ``trajectory`` is one trajectory (``line``, ``arc``, ``great_circle``, ``polyline``, ``points``
@@ -185,6 +185,10 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     Precision). ``progress``: True/False forces the progress bar on/off; None shows it for long
     runs on a terminal.
 
+    ``exact=True`` counts in the continuum instead of on samples (relu, hardtanh and identity
+    layers; no ``n_points``; float64; backends "auto", "cpu", "numba"): every crossing point,
+    the continuum lengths (README, Exact counting).
+
     Raises ``OverflowInForwardPass`` (a ``ValueError``) when a pre-activation overflows the
     dtype, and warns with ``SaturationWarning`` when more than 5% of consecutive sample pairs
     change whole-network pattern (``Result.saturation``).
@@ -194,6 +198,11 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     if isinstance(trajectory, (list, tuple)) and len(trajectory) == 0:
         raise ValueError("no trajectory given (empty list)")
     trajs = [as_trajectory(t) for t in trajectory] if batched else [as_trajectory(trajectory)]
+    if exact:
+        from .exact import measure_exact
+
+        result = measure_exact(net, trajs, n_points, backend, dtype, progress)
+        return result if batched else result[0]
     counts = {_n_points(n_points, t) for t in trajs}
     if len(counts) != 1:
         raise ValueError(f"a batch of explicit point sets must share one length, got {sorted(counts)}")

@@ -23,12 +23,13 @@ class Result:
     network_changes: np.ndarray | int
     distinct_patterns: np.ndarray | int
     lengths: np.ndarray
-    n_points: int
+    n_points: int | None  # None for exact results
     widths: tuple[int, ...]
     activations: tuple[str, ...]
     dtype: str
     backend: str
     trajectories: tuple[str, ...] = field(default=())
+    exact: bool = False  # counted in the continuum (measure(..., exact=True)), not on samples
 
     @property
     def batched(self) -> bool:
@@ -46,14 +47,16 @@ class Result:
         return Result(
             self.transitions[i], self.pattern_changes[i], int(self.network_changes[i]),
             int(self.distinct_patterns[i]), self.lengths[i], self.n_points, self.widths,
-            self.activations, self.dtype, self.backend, (self.trajectories[i],),
+            self.activations, self.dtype, self.backend, (self.trajectories[i],), self.exact,
         )
 
     @property
     def saturation(self) -> np.ndarray:
         """``network_changes / (n_points - 1)``: the fraction of consecutive sample pairs that change
         whole-network pattern. Sampled counts are far from converged when it is not small
-        (``measure`` warns above 0.05)."""
+        (``measure`` warns above 0.05). Zero for exact results, which are converged by construction."""
+        if self.exact:
+            return np.zeros(np.shape(self.network_changes))
         return np.asarray(self.network_changes) / (self.n_points - 1)
 
     @property
@@ -69,15 +72,15 @@ class Result:
         for name in ("transitions", "pattern_changes", "network_changes", "distinct_patterns", "lengths", "saturation"):
             out[name] = np.asarray(getattr(self, name)).tolist()
         out.update(n_points=self.n_points, widths=list(self.widths), activations=list(self.activations),
-                   dtype=self.dtype, backend=self.backend, trajectories=list(self.trajectories))
+                   dtype=self.dtype, backend=self.backend, trajectories=list(self.trajectories), exact=self.exact)
         return out
 
     def table(self) -> str:
         """A readable per-layer table (one block per trajectory of a batch)."""
         if self.batched:
             return "\n\n".join(self[i].table() for i in range(len(self)))
-        head = (f"{', '.join(self.trajectories) or 'trajectory'}: {self.n_points:,} points, {self.dtype}, "
-                f"backend {self.backend}\n")
+        sampling = "exact (continuum)" if self.exact else f"{self.n_points:,} points"
+        head = f"{', '.join(self.trajectories) or 'trajectory'}: {sampling}, {self.dtype}, backend {self.backend}\n"
         rows = [f"{'layer':>5} {'width':>6} {'activation':>10} {'transitions':>14} {'pattern chg':>12} "
                 f"{'length':>14} {'len/len0':>10}"]
         ratios = self.length_ratios
@@ -86,9 +89,9 @@ class Result:
         for d in range(1, len(self.widths)):
             rows.append(f"{d:>5} {self.widths[d]:>6} {self.activations[d - 1]:>10} {self.transitions[d - 1]:>14,} "
                         f"{self.pattern_changes[d - 1]:>12,} {self.lengths[d]:>14.6g} {ratios[d]:>10.4g}")
-        tail = (f"whole network: {self.network_changes:,} pattern changes, "
-                f"{self.distinct_patterns:,} distinct patterns, saturation {self.saturation:.3g} "
-                f"(pattern changes per sample pair)")
+        tail = f"whole network: {self.network_changes:,} pattern changes, {self.distinct_patterns:,} distinct patterns"
+        if not self.exact:
+            tail += f", saturation {self.saturation:.3g} (pattern changes per sample pair)"
         return head + "\n".join(rows) + "\n" + tail
 
     def __str__(self) -> str:
