@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="depth x sigma_w sweep on random hard-tanh networks, with plots (about a minute)")
     d.add_argument("--out", default="fastexpr_demo", help="folder for the PNG plots")
-    d.add_argument("--points", type=_positive_int, default=1 << 19)
+    d.add_argument("--points", type=_positive_int, default=None,
+                   help="sample this many points instead of counting exactly (the default)")
     d.add_argument("--seeds", type=_positive_int, default=4)
     d.add_argument("--backend", default="auto")
     d.set_defaults(func=cmd_demo)

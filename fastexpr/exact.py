@@ -108,7 +108,7 @@ def _backend(name: str):
     if name != "auto":
         module = backends.get(name)
         if not hasattr(module, "exact_walk"):
-            raise ValueError(f"backend {name!r} has no exact engine; use 'auto', 'cpu' or 'numba'")
+            raise ValueError(f"backend {name!r} has no exact engine; use 'auto', 'cpu', 'numba' or 'cuda'")
         return module
     for candidate in ("cpu", "numba"):
         module, _ = backends._load(candidate)
@@ -137,7 +137,7 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
     from tqdm.auto import tqdm
 
     module = _backend(backend)
-    units = make_units(net, trajectory, n_units)
+    units = make_units(net, trajectory, n_units or getattr(module, "EXACT_UNITS", None))
     depth, total = net.depth, sum(net.widths[1:])
     n = units.u0.size
     per_batch = max(1, min(n, CODES_PER_BATCH // max(1, total)))

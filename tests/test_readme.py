@@ -19,5 +19,5 @@ def test_readme_has_examples():
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
 def test_readme_example_runs(index):
-    code = EXAMPLES[index].replace("n_points=2**20", "n_points=2**12")  # keep the suite quick
+    code = EXAMPLES[index].replace("n_points=2**22", "n_points=2**12")  # keep the suite quick
     exec(compile(code, f"README.md example {index}", "exec"), {})

@@ -25,6 +25,8 @@ import numpy as np
 from ..plan import Partials, Plan, check_forward_pass, pattern_keys
 from . import cuda_compile
 
+from .cuda_exact import EXACT_UNITS, exact_walk  # noqa: F401  (the exact engine on the GPU)
+
 NAME = "cuda"
 
 #: Samples per ``run`` call when ``measure`` chunks a trajectory (neighbouring chunks share one).

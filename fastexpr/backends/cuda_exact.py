@@ -24,6 +24,8 @@ HASH_CAPACITY = 256
 HASH_SLOTS = 1 << 25
 #: Most bytes of walker scratch for one launch (also at most a quarter of the free device memory).
 SCRATCH_BYTES = 1 << 30
+#: Units (sub-intervals) to cut a trajectory into for the GPU: one thread walks each.
+EXACT_UNITS = 1 << 14
 #: Deepest network: each block holds 2 pointers per layer in shared memory (48 KiB at most).
 MAX_DEPTH = 3072
 
