@@ -19,6 +19,8 @@ from numba import get_num_threads, njit, prange
 
 from ..plan import ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
 
+from .numba_exact import exact_walk  # noqa: F401  (the exact engine in numba)
+
 NAME = "numba"
 
 TILE = 256             # pairs per tile
