@@ -3,11 +3,12 @@
 For each (width, depth, sigma_w) a random hard-tanh network (sigma_b 0.5, 784 inputs) is
 measured along a line between two random points: once exactly (``measure(exact=True)``),
 then sampled in float64 at N = 2^12, 2^13, ... until sampling finds 99% of the exact
-crossing points, or its time passes ``--patience`` times the exact time. Reported: exact
+crossing points, or its time passes ``--patience`` times the exact time (and
+``--min-patience`` seconds), or N reaches 2^``--max-log2``. Reported: exact
 crossing points and transitions, walk time, transitions per second; the sampled N and time
 at the first N that reached 99% (or the best fraction seen), and the fraction of crossing
 points sampling found in the walk's own time. Cases whose crossings would take longer than
-``--budget`` seconds to walk (estimated from a walk over the first 1/64 of the line) are skipped.
+``--budget`` seconds to walk (estimated from walks over the first 2^-20, 1/4096 and 1/64 of the line) are skipped.
 
     python bench/bench_exact.py                      # the default sweep, table on stdout
     python bench/bench_exact.py --widths 128 --depths 10 --sigmas 4   # the target case
@@ -32,10 +33,11 @@ def timed(fn):
 def one_case(width, depth, sigma_w, args):
     net = fx.random_mlp(depth, width, 784, "hardtanh", sigma_w=sigma_w, sigma_b=0.5, seed=0)
     x0, x1 = np.random.default_rng(1).standard_normal((2, 784))
-    probe, t_probe = timed(lambda: fx.measure(net, fx.line(x0, x0 + (x1 - x0) / 64), exact=True,
-                                              backend=args.backend))
-    if t_probe * 64 > args.budget:
-        return dict(width=width, depth=depth, sigma_w=sigma_w, skipped=f"~{probe.network_changes * 64:.2g} points")
+    for part in (1 << 20, 4096, 64):  # walk small pieces first: the chaotic cases would take hours
+        probe, t_probe = timed(lambda: fx.measure(net, fx.line(x0, x0 + (x1 - x0) / part), exact=True,
+                                                  backend=args.backend))
+        if probe.network_changes * part > args.budget * 3e5:  # at about 300,000 crossings/s
+            return dict(width=width, depth=depth, sigma_w=sigma_w, skipped=f"~{probe.network_changes * part:.2g}")
     ex, t_exact = timed(lambda: fx.measure(net, fx.line(x0, x1), exact=True, backend=args.backend))
     row = dict(width=width, depth=depth, sigma_w=sigma_w, points=ex.network_changes,
                transitions=int(ex.transitions.sum()), t_exact=t_exact,
@@ -50,7 +52,7 @@ def one_case(width, depth, sigma_w, args):
         if frac >= 0.99:
             row["n_needed"], row["t_needed"] = n, t_s
             break
-        if t_s > args.patience * t_exact or n >= 1 << args.max_log2:
+        if t_s > max(args.patience * t_exact, args.min_patience) or n >= 1 << args.max_log2:
             break
         n *= 2
     if row["same_time"] is None:
@@ -66,6 +68,7 @@ def main():
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--budget", type=float, default=60.0, help="skip cases whose walk would take longer (s)")
     parser.add_argument("--patience", type=float, default=20.0, help="stop sampling after this many walk times")
+    parser.add_argument("--min-patience", type=float, default=2.0, help="but sample for at least this long (s)")
     parser.add_argument("--max-log2", type=int, default=26, help="largest sampled N is 2^this")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {fx.__version__}, backend {args.backend}; "
