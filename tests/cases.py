@@ -61,5 +61,20 @@ def trajectory(name: str, dim: int, seed: int = 0, n_points: int = 100) -> fx.Tr
     raise KeyError(name)
 
 
+def random_path(name: str, dim: int, rng: np.random.Generator) -> fx.Trajectory:
+    """line, arc, great_circle, polyline (5 vertices) or, for any other name, a closed polyline (4),
+    with coordinates drawn from N(0, 4) by ``rng``."""
+    a, b = 2 * rng.standard_normal((2, dim))
+    if name == "line":
+        return fx.line(a, b)
+    if name == "arc":
+        return fx.arc(a, b)
+    if name == "great_circle":
+        return fx.great_circle(a, b)
+    if name == "polyline":
+        return fx.polyline(2 * rng.standard_normal((5, dim)))
+    return fx.polyline(2 * rng.standard_normal((4, dim)), closed=True)
+
+
 NETWORKS = ["relu", "hardtanh", "mixed", "width1", "wide", "single"]
 TRAJECTORIES = ["line", "arc", "great_circle", "polyline", "polyline_closed", "polyline_dense", "points"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastexpr as fx
+from tests.cases import random_path
 from tests.exact_reference import IllConditioned, exact_reference, point
 from tests.reference import reference_measure
 
@@ -23,17 +24,7 @@ def make_net(act: str, seed: int) -> fx.Network:
 
 
 def make_traj(name: str, seed: int) -> fx.Trajectory:
-    rng = np.random.default_rng(seed + 500)
-    a, b = 2 * rng.standard_normal((2, 3))
-    if name == "line":
-        return fx.line(a, b)
-    if name == "arc":
-        return fx.arc(a, b)
-    if name == "great_circle":
-        return fx.great_circle(a, b)
-    if name == "polyline":
-        return fx.polyline(2 * rng.standard_normal((5, 3)))
-    return fx.polyline(2 * rng.standard_normal((4, 3)), closed=True)
+    return random_path(name, 3, np.random.default_rng(seed + 500))
 
 
 def well_conditioned_case(act: str, traj: str, seed: int):

@@ -11,6 +11,8 @@ import fastexpr as fx
 from fastexpr import backends, exact
 from fastexpr.backends import numba_exact
 
+from .cases import random_path
+
 NUMBA = types.SimpleNamespace(NAME="numba", exact_walk=numba_exact.exact_walk)
 TRAJS = ["line", "arc", "great_circle", "polyline", "polyline_closed"]
 COUNTS = ("transitions", "pattern_changes", "network_changes", "repairs", "first_code", "last_code", "hashes", "errors")
@@ -61,17 +63,7 @@ def random_net(seed: int) -> fx.Network:
 
 
 def make_traj(name: str, dim: int, seed: int) -> fx.Trajectory:
-    rng = np.random.default_rng(seed + 100)
-    a, b = 2 * rng.standard_normal((2, dim))
-    if name == "line":
-        return fx.line(a, b)
-    if name == "arc":
-        return fx.arc(a, b)
-    if name == "great_circle":
-        return fx.great_circle(a, b)
-    if name == "polyline":
-        return fx.polyline(2 * rng.standard_normal((5, dim)))
-    return fx.polyline(2 * rng.standard_normal((4, dim)), closed=True)
+    return random_path(name, dim, np.random.default_rng(seed + 100))
 
 
 def crossing_list(c):
