@@ -2,17 +2,73 @@
 from __future__ import annotations
 
 import argparse
+import decimal
+import importlib.util
 import json
+import math
+import os
 import sys
 
 import numpy as np
 
 
+#: The largest count an integer option accepts (the most samples a trajectory may have).
+MAX_INT_OPTION = 2**62
+
+
 def _positive_int(text: str) -> int:
-    value = int(float(text)) if "e" in text.lower() else int(text, 0)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    """A positive integer, also written in scientific notation (``1e6``) or hex (``0x100``); a
+    non-integer such as ``2.7`` is an error, not rounded."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        try:
+            number = decimal.Decimal(text.strip())
+        except decimal.InvalidOperation:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if not number.is_finite() or number > MAX_INT_OPTION:
+            raise argparse.ArgumentTypeError(f"expected a positive integer of at most 2**62, got {text!r}") from None
+        if number != number.to_integral_value():
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        value = int(number)
+    if not 1 <= value <= MAX_INT_OPTION:
+        raise argparse.ArgumentTypeError(f"expected a positive integer of at most 2**62, got {text!r}")
     return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float replaced by None: strict JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _check_memory(args) -> None:
+    """ValueError when the random network's weights alone would not fit in this machine's memory."""
+    sizes = [args.input_dim] + [args.width] * args.depth
+    need = 8 * sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > have:
+        raise ValueError(f"a depth-{args.depth}, width-{args.width} network on {args.input_dim} inputs needs "
+                         f"{need / 2**30:,.1f} GiB of float64 weights, more than this machine's "
+                         f"{have / 2**30:,.1f} GiB of memory")
 
 
 def _trajectory(kind: str, dim: int, seed: int):
@@ -20,6 +76,8 @@ def _trajectory(kind: str, dim: int, seed: int):
 
     rng = np.random.default_rng(seed)
     if kind in ("arc", "great_circle"):
+        if dim < 2:
+            raise ValueError(f"--trajectory {kind} needs --input-dim 2 or more (two orthogonal directions), got {dim}")
         q, _ = np.linalg.qr(rng.standard_normal((dim, 2)))  # orthonormal pair: a true circle in input space
         return getattr(tr, kind)(q[:, 0] * np.sqrt(dim), q[:, 1] * np.sqrt(dim))
     if kind == "line":
@@ -31,12 +89,13 @@ def cmd_measure(args) -> int:
     from .measure import measure
     from .network import random_mlp
 
+    _check_memory(args)
     net = random_mlp(args.depth, args.width, args.input_dim, args.activation, sigma_w=args.sigma_w,
                      sigma_b=args.sigma_b, seed=args.seed)
     traj = _trajectory(args.trajectory, args.input_dim, args.seed + 1)
     result = measure(net, traj, args.points, backend=args.backend, dtype=args.dtype,
-                     progress=None if not args.json else False)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+                     progress=None if not args.json else False, threads=args.threads)
+    print(json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) if args.json else result.table())
     return 0
 
 
@@ -55,8 +114,25 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _needs(module: str, package: str, func):
+    """``func``, preceded by a check that the optional ``module`` can be imported."""
+    def run(args):
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"this command needs {package}, which is not installed: "
+                             "pip install 'fastexpr[experiments]'")
+        return func(args)
+    return run
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fastexpr measure: error: ...`` and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastexpr", description=__import__("fastexpr").__doc__.splitlines()[0])
+    parser = _Parser(prog="fastexpr", description=__import__("fastexpr").__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
 
     m = sub.add_parser("measure", help="measure one random network along one trajectory and print the table")
@@ -64,14 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--width", type=_positive_int, default=128)
     m.add_argument("--input-dim", type=_positive_int, default=784)
     m.add_argument("--activation", choices=["hardtanh", "relu", "identity"], default="hardtanh")
-    m.add_argument("--sigma-w", type=float, default=4.0)
-    m.add_argument("--sigma-b", type=float, default=0.5)
+    m.add_argument("--sigma-w", type=_finite_float, default=4.0)
+    m.add_argument("--sigma-b", type=_finite_float, default=0.5)
     m.add_argument("--trajectory", choices=["arc", "line", "great_circle", "polyline"], default="arc")
     m.add_argument("--points", type=_positive_int, default=1 << 18, help="samples along the trajectory (1e6 works)")
     m.add_argument("--backend", default="auto", help="auto, cpu, numba, torch or cuda")
     m.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                    help="float32 is faster but can overcount from about 2^18 points (README, Precision)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS or all cores; README, Threads, processes and memory)")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_measure)
 
@@ -89,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = esub.add_parser("regularization", help="trajectory regularisation vs batch norm on the digits data (sec. 3.3)")
     regularization.add_arguments(r)
-    r.set_defaults(func=regularization.main)
+    r.set_defaults(func=_needs("sklearn", "scikit-learn", regularization.main))
 
     b = sub.add_parser("backends", help="list the backends that work here, and why the others do not")
     b.set_defaults(func=cmd_backends)
@@ -108,6 +186,13 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ValueError, BackendUnavailable) as exc:
         print(f"fastexpr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastexpr: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"fastexpr: error: out of memory{detail}; use a smaller network", file=sys.stderr)
         return 2
 
 

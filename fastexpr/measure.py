@@ -1,11 +1,12 @@
 """measure(): validate, plan, dispatch to a backend chunk by chunk, reduce into a Result."""
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
 
-from . import backends
+from . import _threads, backends
 from .network import Network
 from .plan import ACTIVATION_CODES, LINE, POLYLINE, OverflowInForwardPass, Partials, Plan
 from .result import Result
@@ -13,8 +14,17 @@ from .trajectory import Trajectory, points
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
-#: Samples per backend call when the backend does not say (chunks share one boundary sample).
-DEFAULT_CHUNK = 1 << 20
+#: Seconds one backend call should take (chunks share one boundary sample): short enough for
+#: Ctrl-C and a moving progress bar, long enough to hide the per-call overhead.
+CHUNK_SECONDS = 0.3
+#: Samples per backend call at most, all trajectories together (bounds the hashes one call returns).
+MAX_CHUNK = 1 << 22
+#: The speed assumed for the first chunk, in FLOP-equivalents (``work_per_point``) per second per
+#: thread: low, so that the first call is short; later chunks follow the measured speed.
+GUESSED_RATE = 1e10
+#: Most work one ``measure`` call may ask for, in FLOP-equivalents (``work_per_point`` x samples x
+#: trajectories): about a day on a large GPU, months on a CPU. Raise it at your own risk.
+MAX_WORK = 2**60
 #: Show a progress bar by default from this many samples on (when stderr is a terminal).
 PROGRESS_FROM = 1 << 22
 #: Warn about float32 rounding from this many samples on (README, Precision).
@@ -112,10 +122,13 @@ def _cast_weights(net: Network, dtype: np.dtype) -> tuple[tuple[np.ndarray, ...]
             tuple(np.ascontiguousarray(b, dtype=dtype) for b in net.biases[1:]))
 
 
-def make_plan(net: Network, trajectory: Trajectory, n_points: int, dtype="float64") -> Plan:
-    """The normalised plan for one trajectory: first layer projected onto the trajectory's basis."""
+def make_plan(net: Network, trajectory, n_points: int | None = None, dtype="float64") -> Plan:
+    """The normalised plan for one trajectory (or an ``(N, dim)`` array of points): first layer
+    projected onto the trajectory's basis."""
     if not isinstance(net, Network):
         raise TypeError(f"expected a fastexpr Network (see random_mlp, from_torch, from_arrays), got {type(net).__name__}")
+    trajectory = as_trajectory(trajectory)
+    n_points = _n_points(n_points, trajectory)
     if trajectory.dim != net.input_dim:
         raise ValueError(f"the trajectory has dimension {trajectory.dim} but the network expects inputs of "
                          f"dimension {net.input_dim}")
@@ -136,20 +149,74 @@ def make_plan(net: Network, trajectory: Trajectory, n_points: int, dtype="float6
     )
 
 
-def _chunks(n_points: int, chunk: int):
-    """Sample ranges [start, stop) covering 0..n_points-1, neighbours sharing one sample."""
+def work_per_point(widths) -> int:
+    """A sample's cost in FLOP-equivalents: the multiply-adds of layers 2..L, an epilogue per
+    neuron, and the trajectory's own coefficients and length."""
+    widths = [int(w) for w in widths]
+    return sum(2 * a * b for a, b in zip(widths[1:], widths[2:])) + 24 * sum(widths[1:]) + 100
+
+
+def _check_limits(widths, n_points: int, n_trajectories: int) -> None:
+    """ValueError when the counts could overflow int64 or the work exceeds MAX_WORK."""
+    if (n_points - 1) * 2 * max(widths[1:]) >= 2**63:
+        raise ValueError(f"n_points={n_points:,} is too many for a layer of {max(widths[1:]):,} neurons: its "
+                         "transitions could exceed the int64 counters (2 per neuron and sample pair)")
+    work = work_per_point(widths) * n_points * n_trajectories
+    if work > MAX_WORK:
+        what = f"{n_points:,} points" + (f" on each of {n_trajectories} trajectories" if n_trajectories > 1 else "")
+        raise ValueError(f"measuring {what} through layers of widths {tuple(widths[1:])} is about "
+                         f"{work:.2g} FLOP-equivalents, more than "
+                         f"fastexpr.measure.MAX_WORK = {MAX_WORK:.2g} (days on a GPU, months on a CPU); "
+                         "use fewer points, or exact=True")
+
+
+def _chunks(n_points: int, chunk):
+    """Sample ranges [start, stop) covering 0..n_points-1, neighbours sharing one sample; ``chunk``
+    is a number of samples or a callable giving the next one."""
     start = 0
     while start < n_points - 1:
-        stop = min(start + chunk, n_points)
+        stop = min(start + max(2, chunk() if callable(chunk) else chunk), n_points)
         yield start, stop
         start = stop - 1
+
+
+class _ChunkSizer:
+    """Samples per backend call for about CHUNK_SECONDS: guessed from the work per sample, then
+    from the speed of the calls so far (growing at most 4x per call)."""
+
+    def __init__(self, module, plans: list[Plan], threads: int):
+        self.batch = len(plans)
+        self.least = max(2, 4 * getattr(module, "TILE", 1) * threads)  # a few tiles per thread
+        rate = GUESSED_RATE * threads / work_per_point(plans[0].widths)  # samples per second
+        self.size = self._clamp(rate * CHUNK_SECONDS / self.batch)
+        self.started = None
+
+    def _clamp(self, size: float) -> int:
+        return int(min(max(size, self.least), MAX_CHUNK // self.batch))
+
+    def __call__(self) -> int:
+        return self.size
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def done(self, samples: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        target = samples * CHUNK_SECONDS / elapsed if elapsed > 0 else 4 * samples
+        self.size = self._clamp(min(target, 4 * samples))
 
 
 def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
     """Every plan through ``module`` chunk by chunk, with an optional progress bar."""
     from tqdm.auto import tqdm
 
-    chunk = max(2, getattr(module, "CHUNK", DEFAULT_CHUNK))  # a chunk of 1 sample would never advance
+    sizer = None
+    if hasattr(module, "CHUNK"):  # a backend (or a test) may fix the samples per call
+        chunk = module.CHUNK
+    elif hasattr(module, "chunk_points"):  # or know its speed
+        chunk = max(2, int(module.chunk_points(plans)))
+    else:
+        sizer = chunk = _ChunkSizer(module, plans, _threads.current())
     total = (n_points - 1) * len(plans)
     if progress is None:  # tqdm's disable=None: shown on a terminal only
         disable = None if total >= PROGRESS_FROM else True
@@ -158,10 +225,14 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
     totals: list[Partials | None] = [None] * len(plans)
     with tqdm(total=total, unit="pair", unit_scale=True, disable=disable, desc=f"fastexpr[{module.NAME}]") as bar:
         for start, stop in _chunks(n_points, chunk):
+            if sizer is not None:
+                sizer.start()
             if hasattr(module, "run_batch") and len(plans) > 1:
                 parts = module.run_batch(plans, start, stop)
             else:
                 parts = [module.run(plan, start, stop) for plan in plans]
+            if sizer is not None:
+                sizer.done(stop - start)
             for i, part in enumerate(parts):
                 if totals[i] is None:
                     totals[i] = part
@@ -172,7 +243,7 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
 
 
 def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float64",
-            progress: bool | None = None, exact: bool = False) -> Result:
+            progress: bool | None = None, exact: bool = False, threads: int | None = None) -> Result:
     """Transitions, pattern changes, distinct patterns and lengths of ``trajectory`` through ``net``.
 
     ``trajectory`` is one trajectory (``line``, ``arc``, ``great_circle``, ``polyline``, ``points``
@@ -183,43 +254,50 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     (default) or "float32", about twice as fast but able to overcount transitions and patterns
     and inflate lengths from about 2^18 samples on (``PrecisionWarning`` from 2^16; README,
     Precision). ``progress``: True/False forces the progress bar on/off; None shows it for long
-    runs on a terminal.
+    runs on a terminal. ``threads``: CPU threads for this call (cpu, numba and torch backends);
+    None: for cpu ``OMP_NUM_THREADS`` or the usable cores, for numba and torch their own setting
+    (README, Threads, processes and memory).
 
     ``exact=True`` counts in the continuum instead of on samples (relu, hardtanh and identity
     layers; no ``n_points``; float64; backends "auto", "cpu", "numba"): every crossing point,
     the continuum lengths (README, Exact counting).
 
-    Raises ``OverflowInForwardPass`` (a ``ValueError``) when a pre-activation overflows the
-    dtype, and warns with ``SaturationWarning`` when more than 5% of consecutive sample pairs
-    change whole-network pattern (``Result.saturation``).
+    Raises ``ValueError`` when the counts could overflow int64 or the work exceeds ``MAX_WORK``
+    (before any backend runs), ``OverflowInForwardPass`` (a ``ValueError``) when a pre-activation
+    overflows the dtype, and warns with ``SaturationWarning`` when more than 5% of consecutive
+    sample pairs change whole-network pattern (``Result.saturation``).
     """
     batched = isinstance(trajectory, (list, tuple)) and len(trajectory) > 0 and all(
         isinstance(t, Trajectory) for t in trajectory)
     if isinstance(trajectory, (list, tuple)) and len(trajectory) == 0:
         raise ValueError("no trajectory given (empty list)")
     trajs = [as_trajectory(t) for t in trajectory] if batched else [as_trajectory(trajectory)]
+    threads = _threads.check(threads)
     if exact:
         from .exact import measure_exact
 
-        result = measure_exact(net, trajs, n_points, backend, dtype, progress)
+        with _threads.using(threads):
+            result = measure_exact(net, trajs, n_points, backend, dtype, progress)
         return result if batched else result[0]
     counts = {_n_points(n_points, t) for t in trajs}
     if len(counts) != 1:
         raise ValueError(f"a batch of explicit point sets must share one length, got {sorted(counts)}")
     n = counts.pop()
     plans = [make_plan(net, t, n, dtype) for t in trajs]
+    _check_limits(net.widths, n, len(plans))
     if plans[0].dtype == np.float32 and n >= FLOAT32_WARN_FROM:
         warnings.warn(f"float32 at {n:,} samples: neighbouring samples come within float32 rounding of each other, "
                       "which can overcount transitions and patterns (measured on 4 of 24 random relu networks at "
                       "2^18 samples, 9 of 24 at 2^20) and inflate lengths; use dtype='float64', the default "
                       "(README, Precision)", PrecisionWarning, stacklevel=2)
     module = backends.resolve(backend, plans[0].device)
-    parts = _run(module, plans, n, progress)
+    with _threads.using(threads):
+        parts = _run(module, plans, n, progress)
     fields = dict(
         transitions=np.stack([p.transitions for p in parts]).astype(np.int64),
         pattern_changes=np.stack([p.pattern_changes for p in parts]).astype(np.int64),
         network_changes=np.array([p.network_changes for p in parts], dtype=np.int64),
-        distinct_patterns=np.array([np.unique(p.run_hashes).size for p in parts], dtype=np.int64),
+        distinct_patterns=np.array([p.distinct().size for p in parts], dtype=np.int64),
         lengths=np.stack([p.lengths for p in parts]).astype(np.float64),
     )
     result = Result(**fields, n_points=n, widths=net.widths, activations=net.activations,

@@ -148,17 +148,24 @@ class Partials:
     #                              full pattern differs from its predecessor's (network_changes + 1
     #                              values; a backend may drop repeated values early, never lose
     #                              a distinct one or invent one)
-    _deduplicated: int = field(default=0, repr=False)  # run_hashes' size after its last np.unique
+    _pending: list = field(default_factory=list, repr=False)  # later chunks' run_hashes, not merged yet
+    _pending_size: int = field(default=0, repr=False)
 
     def __iadd__(self, other: "Partials") -> "Partials":
         self.transitions = self.transitions + other.transitions
         self.pattern_changes = self.pattern_changes + other.pattern_changes
         self.network_changes += other.network_changes
         self.lengths = self.lengths + other.lengths
-        self.run_hashes = np.concatenate([self.run_hashes, other.run_hashes])
-        # De-duplicate once the array has doubled since the last time: O(H log H) over a whole
-        # run instead of a sort of everything gathered so far after every chunk.
-        if self.run_hashes.size >= 2 * self._deduplicated + (1 << 20):
-            self.run_hashes = np.unique(self.run_hashes)
-            self._deduplicated = self.run_hashes.size
+        self._pending.append(other.run_hashes)
+        self._pending_size += other.run_hashes.size
+        # Merge once the pending hashes are as many as the merged ones: O(H log H) over a whole
+        # run, instead of copying everything gathered so far after every chunk.
+        if self._pending_size >= max(self.run_hashes.size, 1 << 20):
+            self.distinct()
         return self
+
+    def distinct(self) -> np.ndarray:
+        """The distinct run-start hashes, sorted: ``run_hashes`` with the pending ones merged in."""
+        self.run_hashes = np.unique(np.concatenate([self.run_hashes, *self._pending]))
+        self._pending, self._pending_size = [], 0
+        return self.run_hashes

@@ -1,6 +1,7 @@
 """The result of a measurement: per-layer counts and lengths as NumPy arrays, a table and a dict."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +41,19 @@ class Result:
             raise TypeError("a single-trajectory Result has no length; index a batched Result")
         return len(self.network_changes)
 
-    def __getitem__(self, i: int) -> "Result":
-        """The result of trajectory ``i`` of a batch."""
+    def __getitem__(self, i) -> "Result":
+        """The result of trajectory ``i`` of a batch; a slice gives a batched Result."""
         if not self.batched:
             raise TypeError("a single-trajectory Result cannot be indexed")
+        if isinstance(i, slice):
+            return dataclasses.replace(
+                self, transitions=self.transitions[i], pattern_changes=self.pattern_changes[i],
+                network_changes=self.network_changes[i], distinct_patterns=self.distinct_patterns[i],
+                lengths=self.lengths[i], trajectories=self.trajectories[i])
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"a batched Result is indexed by an integer or a slice, got {type(i).__name__}")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"trajectory {i} is out of range for a batch of {len(self)}")
         return Result(
             self.transitions[i], self.pattern_changes[i], int(self.network_changes[i]),
             int(self.distinct_patterns[i]), self.lengths[i], self.n_points, self.widths,

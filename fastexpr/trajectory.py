@@ -35,6 +35,11 @@ class Trajectory:
         A polyline sample sits at ``s = i (K - 1) / (n_points - 1)``, its segment and fraction
         computed with exact integer arithmetic (fraction 0 exactly on a vertex).
         """
+        if isinstance(n_points, (bool, np.bool_)) or not isinstance(n_points, (int, np.integer)):
+            raise TypeError(f"n_points must be an integer, got {type(n_points).__name__}")
+        n_points = int(n_points)
+        if n_points < 2:
+            raise ValueError(f"n_points must be at least 2 (t_i = i / (n_points - 1)), got {n_points}")
         i = np.arange(n_points, dtype=np.int64)
         t = i / (n_points - 1)
         if self.kind == LINE:

@@ -1,18 +1,23 @@
 """cpu backend: the fused C++/OpenMP kernel of ``fastexpr._C`` (csrc/cpu/measure.cpp).
 
 Tiles of ``TILE`` consecutive samples (the first shared with the previous tile) run in
-parallel on OpenMP threads (``OMP_NUM_THREADS`` sets how many); each tile's activations stay
-in cache through all layers, so nothing of size N x width is ever stored.
+parallel on OpenMP threads (as many as ``fastexpr._threads.current()``, passed explicitly);
+each tile's activations stay in cache through all layers, so nothing of size N x width is
+ever stored. Very wide layers get shorter tiles, so that a thread's buffers stay within
+``WORKSPACE_BYTES``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _threads
 from ..plan import Partials, Plan, check_forward_pass
 
 NAME = "cpu"
 
 TILE = 256  # samples per tile (the first shared with the previous tile); see bench/notes_cpu.md
+#: Bytes of tile buffers per thread the tile length aims at (two (width, tile) arrays and per-sample scratch).
+WORKSPACE_BYTES = 64 << 20
 
 
 def _extension():
@@ -33,12 +38,19 @@ def probe() -> None:
     _extension()
 
 
+def tile_for(plan: Plan) -> int:
+    """Samples per tile: TILE, or fewer where a layer is so wide that two ``(width, TILE)``
+    buffers would exceed WORKSPACE_BYTES (at least 16: the kernel rounds a tile up to whole vector blocks anyway)."""
+    per_sample = 2 * max(plan.widths[1:]) * np.dtype(plan.dtype).itemsize + 64
+    return int(min(TILE, max(16, WORKSPACE_BYTES // per_sample)))
+
+
 def run(plan: Plan, start: int, stop: int) -> Partials:
     """Partials of samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan.Partials)."""
     transitions, pattern_changes, network_changes, lengths, hashes, overflow_layer = _extension().measure(
         plan.proj, plan.bias1, list(plan.weights), list(plan.biases), list(plan.activations), plan.kind,
         plan.scale, plan.line_norm, plan.coords, plan.vertices, plan.seg_len, plan.n_points, start, stop,
-        np.dtype(plan.dtype), tile=TILE)
+        np.dtype(plan.dtype), tile=tile_for(plan), threads=_threads.current())
     check_forward_pass(plan, overflow_layer)
     return Partials(transitions, pattern_changes, int(network_changes), lengths, hashes)
 
@@ -46,4 +58,4 @@ def run(plan: Plan, start: int, stop: int) -> Partials:
 def exact_walk(unit_kind, weights, biases, activations, k0, k1, k2, u0, u1, g_in, tol, max_crossings=0):
     """Exact walk of units through a float64 network (csrc/cpu/exact.cpp; see fastexpr.exact)."""
     return _extension().exact_walk(unit_kind, weights, biases, activations, k0, k1, k2, u0, u1, g_in, tol,
-                                   max_crossings)
+                                   max_crossings, threads=_threads.current())

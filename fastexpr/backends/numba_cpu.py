@@ -5,26 +5,41 @@ samples (the first one is the last sample of the previous tile), so every pair i
 exactly once and tiles are independent. Inside a tile activations are held feature-major,
 ``(width, samples)``, so that every epilogue loop (region codes, transitions, hash,
 lengths) runs along the samples and vectorises without reassociating floating-point sums.
-Workers (``prange``) take tiles round-robin and write per-tile partials that are reduced
-after the parallel loop. ``run`` walks the range in batches of tiles, so the work memory
-does not grow with N; only the run-start hashes do.
+Workers (``prange``, as many as ``measure``'s ``threads`` or numba's own count) take tiles
+round-robin and write per-tile partials that are reduced after the parallel loop. ``run`` walks the range in
+batches of at most ``BATCH`` samples, so the work memory does not grow with N; only the
+run-start hashes do.
 
 The kernels are compiled on first use for the plan's dtype (float32 or float64) and cached
 on disk (``cache=True``); see bench/notes_numba_torch.md for the first-call time.
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import get_num_threads, njit, prange
+import contextlib
+import threading
+import types
 
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .. import _threads
 from ..plan import ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
 
-from .numba_exact import exact_walk  # noqa: F401  (the exact engine in numba)
+from . import numba_exact
 
 NAME = "numba"
 
-TILE = 256             # pairs per tile
-TILES_PER_WORKER = 32  # tiles each worker handles per batch (bounds the work memory)
+TILE = 256             # pairs per tile (fewer for very wide layers: WORKSPACE_BYTES)
+#: Bytes of tile buffers per worker the tile length aims at (two (width, tile) arrays).
+WORKSPACE_BYTES = 64 << 20
+#: Most samples per parallel region: every region waits for all threads, which is slow when the
+#: cores are shared with other processes, so ``run`` makes as few as memory allows (the per-tile
+#: outputs, about 10 bytes per sample, are held until the region ends).
+BATCH = 1 << 20
+#: numba's workqueue threading layer aborts the process when two threads launch parallel
+#: regions at once: launches are serialised unless the layer is known to be thread-safe.
+_LAUNCH_LOCK = threading.Lock()
 
 
 def probe() -> None:
@@ -366,6 +381,60 @@ def _check(plan, start: int, stop: int) -> None:
             raise ValueError(f"plan.{name} has shape {np.shape(array)}, expected {shape}")
 
 
+# The same driver without threads, for processes forked from one whose GNU OpenMP pool is
+# running: numba's OpenMP layer would kill them (SIGTERM), and their pool cannot restart.
+# (Renamed: numba's on-disk cache is keyed by the function's name, not by parallel=True.)
+def _renamed(func, name: str):
+    """A copy of the Python function ``func`` called ``name``."""
+    copy = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__, func.__closure__)
+    copy.__qualname__ = name
+    return copy
+
+
+_run_tiles_serial = njit(cache=True, fastmath=FASTMATH)(_renamed(_run_tiles.py_func, "_run_tiles_serial"))
+
+
+def _tile_pairs(plan) -> int:
+    """Pairs per tile: TILE, or fewer (at least 15) where two ``(width, TILE + 1)`` buffers would
+    exceed WORKSPACE_BYTES."""
+    per_sample = 2 * max(plan.widths[1:]) * np.dtype(plan.dtype).itemsize + 64
+    return int(min(TILE, max(16, WORKSPACE_BYTES // per_sample) - 1))
+
+
+@contextlib.contextmanager
+def _launch(n_threads: int):
+    """numba's thread count set to ``n_threads`` for this thread (restored after); the launch lock
+    held unless the threading layer is thread-safe; numba's SystemError on Ctrl-C turned back
+    into the KeyboardInterrupt it wraps."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the first one picks the layer
+        layer = None
+    saved = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        with contextlib.nullcontext() if layer in ("omp", "tbb") else _LAUNCH_LOCK:
+            yield
+    except SystemError as exc:  # "... returned a result with an exception set", caused by Ctrl-C?
+        cause = exc
+        while isinstance(cause, SystemError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        numba.set_num_threads(saved)
+
+
+def exact_walk(*args, **kwargs):
+    """The exact engine in numba (fastexpr.backends.numba_exact), on ``measure``'s ``threads``."""
+    if _threads.forked():
+        raise RuntimeError("the numba exact engine cannot run in a process forked from one already running "
+                           "OpenMP threads; use backend='cpu', or a 'spawn' or 'forkserver' multiprocessing context")
+    with _launch(_threads.requested() or numba.get_num_threads()):
+        return numba_exact.exact_walk(*args, **kwargs)
+
+
 def run(plan, start: int, stop: int) -> Partials:
     """Measure samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan)."""
     _check(plan, start, stop)
@@ -383,20 +452,24 @@ def run(plan, start: int, stop: int) -> Partials:
     km = np.zeros_like(kp)
     for d in range(depth):
         kp[d, : widths[d + 1]], km[d, : widths[d + 1]] = pattern_keys(d + 1, int(widths[d + 1]))
-    n_workers = get_num_threads()
-    batch = TILE * TILES_PER_WORKER * n_workers
+    forked = _threads.forked()
+    n_workers = 1 if forked else min(_threads.requested() or numba.get_num_threads(),
+                                     numba.config.NUMBA_NUM_THREADS)
+    kernel = _run_tiles_serial if forked else _run_tiles
+    tile = _tile_pairs(plan)
     transitions = np.zeros(depth, np.int64)
     pattern_changes = np.zeros(depth, np.int64)
     network_changes = 0
     lengths = np.zeros(depth + 1, np.float64)
     hashes = []
     last = stop - 1
-    for lo in range(start, max(last, start + 1), batch):
-        hi = min(lo + batch, last)
-        tr, pc, nc, ln, hs, overflow_layer = _run_tiles(
-            lo, hi, TILE, n_workers, lo == start, plan.kind, plan.n_points, proj, bias1, float(plan.scale),
-            float(plan.line_norm), coords, vertices, seg_len, w_flat, w_off, b_flat, b_off, widths, acts, kp, km,
-            safe_min, safe_max)
+    for lo in range(start, max(last, start + 1), BATCH):
+        hi = min(lo + BATCH, last)
+        with contextlib.nullcontext() if forked else _launch(n_workers):
+            tr, pc, nc, ln, hs, overflow_layer = kernel(
+                lo, hi, tile, n_workers, lo == start, plan.kind, plan.n_points, proj, bias1, float(plan.scale),
+                float(plan.line_norm), coords, vertices, seg_len, w_flat, w_off, b_flat, b_off, widths, acts, kp,
+                km, safe_min, safe_max)
         check_forward_pass(plan, int(overflow_layer))
         transitions += tr
         pattern_changes += pc

@@ -1,14 +1,16 @@
 """torch backend: the measures in plain PyTorch, on CPU or CUDA tensors.
 
-Written the way a careful user would: samples in chunks of ``CHUNK`` (neighbouring chunks
-share one sample), the first layer from the projected basis in float64, then one
-``addmm`` per hidden layer in the compute dtype, region codes by comparison, transitions
-and pattern changes from differences of consecutive codes, the pattern hash as a wrapping
-int64 sum of per-neuron keys, and lengths as norms of consecutive differences taken and
-summed in float64; one min/max reduction per layer watches for inf or NaN pre-activations.
+Written the way a careful user would: samples in chunks of at most ``MAX_CHUNK`` samples and
+``CHUNK_BYTES`` of intermediates (neighbouring chunks share one sample), the first layer from
+the projected basis in float64, then one ``addmm`` per hidden layer in the compute dtype,
+region codes by comparison, transitions and pattern changes from differences of consecutive
+codes, the pattern hash as a wrapping int64 sum of per-neuron keys, and lengths as norms of
+consecutive differences taken and summed in float64; one min/max reduction per layer watches
+for inf or NaN pre-activations.
 It is both a backend and the baseline the benchmarks compare against.
 
-On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends).
+On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends). On the
+CPU, ``measure``'s ``threads`` (1 in a forked child) overrides torch's thread count for the call.
 """
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ import contextlib
 import numpy as np
 import torch
 
+from .. import _threads
 from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
 
 NAME = "torch"
 
-#: Samples per chunk (neighbouring chunks share one sample).
-CHUNK = 1 << 14
+#: Samples per chunk at most (neighbouring chunks share one sample).
+MAX_CHUNK = 1 << 14
+#: Bytes of intermediates per chunk at most: per sample and neuron of the widest layer about
+#: 4 values in the compute dtype and 2 int64 hash terms (``BYTES_PER_VALUE``).
+CHUNK_BYTES = 256 << 20
+BYTES_PER_VALUE = 48
 #: A float64 norm at least this large (and finite) had no square lost to underflow that matters
 #: (the square root of fx::SafeSum<double>::lo in csrc/common/semantics.h).
 SAFE_NORM_MIN = 1.2213386697554620e-77
@@ -142,6 +149,29 @@ def _codes_and_activation(act, z):
     return None, z
 
 
+def chunk_samples(plan) -> int:
+    """Samples per chunk: MAX_CHUNK, or fewer (at least 2) so that a chunk stays within CHUNK_BYTES."""
+    return int(min(MAX_CHUNK, max(2, CHUNK_BYTES // (BYTES_PER_VALUE * max(plan.widths[1:])))))
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device):
+    """torch's intra-op threads set to ``measure``'s ``threads`` (1 in a forked child) inside the
+    block, if given (CPU only; restored after)."""
+    wanted = _threads.requested()
+    if device.type != "cpu" or wanted is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    if wanted != saved:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != saved:
+            torch.set_num_threads(saved)
+
+
 def _chunk(plan, tt: _Tensors, a: int, b: int, emit_first: bool, totals: dict):
     """Samples a .. b-1: add counts and lengths into ``totals``; return the emitted run-start hashes."""
     i = torch.arange(a, b, dtype=torch.int64, device=tt.device)
@@ -181,10 +211,11 @@ def run(plan, start: int, stop: int) -> Partials:
                   lengths=torch.zeros(depth + 1, dtype=torch.float64, device=tt.device),
                   nonfinite=torch.zeros(depth, dtype=torch.bool, device=tt.device))
     hashes = []
-    with torch.no_grad(), _full_fp32(tt.device):
+    chunk = chunk_samples(plan)
+    with torch.no_grad(), _full_fp32(tt.device), _cpu_threads(tt.device):
         a = start
         while True:
-            b = min(a + max(CHUNK, 2), stop)
+            b = min(a + chunk, stop)
             hashes.append(_chunk(plan, tt, a, b, a == start, totals))
             if b == stop:
                 break
