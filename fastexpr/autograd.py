@@ -8,8 +8,8 @@ gives a zero subgradient. Implementations, chosen per call (``backend="auto"`` t
 first usable one for the tensor's device):
 
 * ``"cpu"``: C++/OpenMP in the extension ``fastexpr._C`` (CPU tensors);
-* ``"cuda"``: ``csrc/cuda/traj_length.cu`` compiled at run time through CuPy, on torch's
-  current stream, tensors shared through DLPack (CUDA tensors);
+* ``"cuda"``: ``csrc/cuda/traj_length.cu`` compiled at run time through CuPy (once per device),
+  launched on torch's current stream with the tensors' raw pointers (CUDA tensors);
 * ``"numba"``: the same loops in numba (CPU tensors);
 * ``"torch"``: plain PyTorch (any device).
 
@@ -226,18 +226,29 @@ _CUDA_TARGET_BLOCKS = 2048  # enough blocks to fill an H100 a few times over
 _CUDA_MAX_GRID_Y = 65535
 
 
-def _cuda_launch(kernel, dtype, grid, args):
-    """Launch ``traj_length_<kernel>_<f32|f64>`` on torch's current stream; tensors go as DLPack."""
+class _RawStream:
+    """A CUDA stream handle as CuPy's kernel launch reads it (its ``ptr``), with none of the
+    bookkeeping of ``cupy.cuda.ExternalStream``."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
+def _cuda_launch(kernel, h, grid, args):
+    """Launch ``traj_length_<kernel>_<f32|f64>`` for ``h``'s dtype on ``h``'s device and torch's
+    current stream there; tensors go as raw device pointers. The kernel object is cached
+    (``get_function``) and loads itself once per device."""
     import cupy
 
     from .backends.cuda_compile import get_function
 
-    device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    stream = torch.cuda.current_stream(device)
-    suffix = "f32" if dtype == torch.float32 else "f64"
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        function = get_function("traj_length.cu", f"traj_length_{kernel}_{suffix}")
-        function(grid, (_CUDA_THREADS,), tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args))
+    function = get_function("traj_length.cu", f"traj_length_{kernel}_{'f32' if h.dtype == torch.float32 else 'f64'}")
+    stream = _RawStream(torch.cuda.current_stream(h.device).cuda_stream)
+    raw = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
+    with cupy.cuda.Device(h.device.index):
+        function(grid, (_CUDA_THREADS,), raw, stream=stream)
 
 
 def _cuda_forward(h, closed):
@@ -250,8 +261,8 @@ def _cuda_forward(h, closed):
     part, norms, block_sums = new((gy, s)), new(s), new(nb)
     counter = torch.zeros(1, dtype=torch.int32, device=h.device)
     out = torch.empty((), dtype=h.dtype, device=h.device)
-    _cuda_launch("partial", h.dtype, (tiles, gy), (h, np.int64(b), np.int64(d), np.int32(closed), part))
-    _cuda_launch("finalize", h.dtype, (nb,), (part, np.int64(gy), np.int64(s), norms, block_sums, counter, out))
+    _cuda_launch("partial", h, (tiles, gy), (h, np.int64(b), np.int64(d), np.int32(closed), part))
+    _cuda_launch("finalize", h, (nb,), (part, np.int64(gy), np.int64(s), norms, block_sums, counter, out))
     return out, norms
 
 
@@ -260,7 +271,7 @@ def _cuda_backward(h, norms, grad_out, closed):
     grad = torch.empty_like(h)
     grid = (-(-b // _CUDA_ROWS), min(-(-d // _CUDA_CHUNK), _CUDA_MAX_GRID_Y))
     args = (h, norms, grad_out.reshape(1).contiguous(), np.int64(b), np.int64(d), np.int32(closed), grad)
-    _cuda_launch("backward", h.dtype, grid, args)
+    _cuda_launch("backward", h, grid, args)
     return grad
 
 

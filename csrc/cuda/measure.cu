@@ -3,8 +3,9 @@
 // Self-contained: the only include is the shared semantics header (NVRTC has no host headers).
 // Design, tile sizes and the performance reasoning: bench/notes_cuda.md.
 //
-// Grid (X, B): blockIdx.y is the trajectory, blockIdx.x a persistent worker that takes the
-// tiles x, x+X, ... of samples start..stop-1. Tile t holds the BM consecutive samples
+// Grid (X B): block x works on trajectory x / X as its persistent worker w = x % X, taking the
+// tiles w, w+X, ... of samples start..stop-1 (the trajectory in blockIdx.x, not blockIdx.y, so
+// that a batch may exceed gridDim.y's 65,535). Tile t holds the BM consecutive samples
 // s0 .. s0+BM-1, s0 = start + t (BM-1): its first sample is the previous tile's last, so each
 // pair (i, i+1) with start <= i < stop-1 belongs to exactly one tile. Rows past stop-1 repeat
 // sample stop-1, so their pairs are zero in every measure and need no mask.
@@ -22,13 +23,18 @@
 //           sharing it, then one warp folds the rows into the block's totals, redoing in
 //           float64 (scaled) a row whose sum of squares may have under- or overflowed.
 // After layer L the same warp emits the hashes of rows that start a new whole-network pattern
-// (slots reserved with one atomicAdd per 32 rows); at exit each block adds its totals with one
-// atomicAdd per counter.
+// (slots reserved with one atomicAdd per 32 rows, written only below the capacity: the count
+// goes on, so the host sees an overflow); at exit each block adds its totals with one atomicAdd
+// per counter. Errors set bits of a flag (FX_ERROR_*) instead of trapping, which would poison
+// the CUDA context of the whole process.
 //
 // Every kernel takes the same arguments (FX_KERNEL_PARAMS); the FX_KERNEL lines at the end
 // define the configurations and fastexpr/backends/cuda.py reads them from this file.
 
 #include "semantics.h"
+
+// Bits of the kernels' `error` flag (fastexpr/backends/cuda.py reads these lines).
+#define FX_ERROR_SHARED_MEMORY 1  // the launch's smem_size is smaller than the layout of Smem needs
 
 namespace fxc {
 
@@ -466,7 +472,7 @@ __device__ void finalize_layer(const Smem<C>& s, int d, int lane) {
 // start a new pattern (row 0 only for the first sample of the range) and clear the row state.
 template <class C>
 __device__ void emit_tile(const Smem<C>& s, long long s0, long long start, long long stop, u64* hcount,
-                          u64* hashes, int lane) {
+                          u64* hashes, long long cap, int lane) {
   __syncwarp();  // finalize_layer's lanes wrote net_row of other lanes' rows
   unsigned net = 0;
   for (int r0 = 0; r0 < C::BM; r0 += 32) {
@@ -488,7 +494,8 @@ __device__ void emit_tile(const Smem<C>& s, long long s0, long long start, long 
       u64 base = 0;
       if (lane == 0) base = atomicAdd(hcount, (u64)__popc(ballot));
       base = __shfl_sync(FULL_MASK, base, 0);
-      if (emit) hashes[base + __popc(ballot & ((1u << lane) - 1u))] = h;
+      const u64 slot = base + __popc(ballot & ((1u << lane) - 1u));
+      if (emit && slot < (u64)cap) hashes[slot] = h;
     }
   }
   net = group_sum<32>(net);
@@ -500,11 +507,15 @@ __device__ void emit_tile(const Smem<C>& s, long long s0, long long start, long 
 
 template <class C, typename T>
 __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long long start, long long stop,
-                                        u64* trans_out, u64* pc_out, u64* net_out, double* len_out, int* bad_out,
-                                        u64* hcount, u64* hashes, long long smem_size) {
+                                        int worker, int workers, u64* trans_out, u64* pc_out, u64* net_out,
+                                        double* len_out, int* bad_out, u64* hcount, u64* hashes, long long cap,
+                                        long long smem_size, int* error) {
   extern __shared__ __align__(16) unsigned char fx_smem[];
   const Smem<C> s(fx_smem, net.L);
-  if (s.bytes > (size_t)smem_size) __trap();  // the launch gave less shared memory than the layout needs
+  if (s.bytes > (size_t)smem_size) {  // the launch gave less shared memory than the layout needs
+    if (threadIdx.x == 0) atomicOr(error, FX_ERROR_SHARED_MEMORY);
+    return;  // the whole block, before any barrier
+  }
   const int L = net.L;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int ty = tid / C::TC, tx = tid % C::TC;
@@ -526,7 +537,7 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
   const long long pairs = stop - start - 1;
   const long long ntiles = pairs > 0 ? (pairs + C::BM - 2) / (C::BM - 1) : 1;
   T acc[C::TM][C::CN];
-  for (long long tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+  for (long long tile = worker; tile < ntiles; tile += workers) {
     const long long s0 = start + tile * (C::BM - 1);
     __syncthreads();  // warp 0 is done with the previous tile's rows
     for (int r = tid; r < C::BM; r += C::NT) {
@@ -551,7 +562,7 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
       keys += 2 * C::NP;
       if (warp == 0) {
         finalize_layer<C>(s, d, lane);
-        if (d == L) emit_tile<C>(s, s0, start, stop, hcount, hashes, lane);
+        if (d == L) emit_tile<C>(s, s0, start, stop, hcount, hashes, cap, lane);
       }
     }
   }
@@ -569,13 +580,15 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
 }  // namespace fxc
 
 // ---------------------------------------------------------------------------------------------
-// Entry points. Per trajectory b (blockIdx.y), traj[6 b ..] = (kind, n_points, offset of its
-// projected basis in proj, basis vectors k, offset of its vertices in verts, offset of its
-// segment lengths in seglen) and geom[6 b ..] = (scale, line_norm, coords row-major); outputs
-// are per trajectory: trans/pcs (B, L), net (B,), lengths (B, L+1), overflow (B,) (atomicMin'd
-// with the first layer that had an inf or NaN pre-activation), hcount (B,), hashes (B, cap)
-// with cap >= stop-start. Counters must be zero (or hold earlier totals) on entry, overflow
-// larger than L.
+// Entry points, launched with `workers` blocks per trajectory (grid workers x B). Per trajectory
+// b = blockIdx.x / workers, traj[6 b ..] = (kind, n_points, offset of its projected basis in
+// proj, basis vectors k, offset of its vertices in verts, offset of its segment lengths in
+// seglen) and geom[6 b ..] = (scale, line_norm, coords row-major); outputs are per trajectory:
+// trans/pcs (B, L), net (B,), lengths (B, L+1), overflow (B,) (atomicMin'd with the first layer
+// that had an inf or NaN pre-activation), hcount (B,) (hashes emitted, written or not) and
+// hashes (B, cap), of which the first min(hcount, cap) are written (cap >= stop-start suffices).
+// Counters must be zero (or hold earlier totals) on entry, overflow larger than L; `error`
+// (one int) collects FX_ERROR_* bits and should be zero on entry.
 
 #define FX_KERNEL_PARAMS(T)                                                                            \
   const T *wt, const T *bias, const unsigned long long *keys, const int *acts, const int *npad, int L,  \
@@ -583,20 +596,21 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
       const double *seglen, const long long *traj, int m, long long start, long long stop,              \
       unsigned long long *trans, unsigned long long *pcs, unsigned long long *net, double *lengths,     \
       int *overflow, unsigned long long *hcount, unsigned long long *hashes, long long cap,             \
-      long long smem_size
+      long long smem_size, int workers, int *error
 
 // FX_KERNEL(name, dtype, threads NT, tile rows BM, rows per thread TM, columns per thread CN,
 //           W^T rows per stage BK, minimum resident blocks per SM): one line per configuration.
 #define FX_KERNEL(NAME, T, NT, BM, TM, CN, BK, MINB)                                                   \
   extern "C" __global__ void __launch_bounds__(NT, MINB) NAME(FX_KERNEL_PARAMS(T)) {                 \
     typedef fxc::Cfg<T, NT, BM, TM, CN, BK> C;                                                         \
-    const long long b = blockIdx.y;                                                                    \
+    const long long b = blockIdx.x / workers;                                                          \
     const long long* tr = traj + 6 * b;                                                                \
     const fxc::Net<T> nt = {wt, bias, keys, acts, npad, bias1, L};                                     \
     const fxc::Traj tj = {(int)tr[0], tr[1], proj + tr[2], tr[3], verts + tr[4], seglen + tr[5],       \
                           geom + 6 * b, m};                                                            \
-    fxc::measure<C, T>(nt, tj, start, stop, trans + b * L, pcs + b * L, net + b, lengths + b * (L + 1), \
-                       overflow + b, hcount + b, hashes + b * cap, smem_size);                         \
+    fxc::measure<C, T>(nt, tj, start, stop, (int)(blockIdx.x % workers), workers, trans + b * L,       \
+                       pcs + b * L, net + b, lengths + b * (L + 1), overflow + b, hcount + b,          \
+                       hashes + b * cap, cap, smem_size, error);                                       \
   }
 
 // float32: 64 accumulators per thread except at width 64 (32, three blocks per SM).

@@ -1,15 +1,19 @@
 """cuda backend: the fused kernels of ``csrc/cuda/measure.cu``, compiled at first use (NVRTC via CuPy).
 
-One launch measures every trajectory of a batch through the same network (grid y = trajectory)
-over at most ``LAUNCH_POINTS`` samples in all; longer ranges loop over launches that share
-their boundary sample, so memory does not grow with N. Counters accumulate on the device;
-each launch's run-start hashes are de-duplicated on the device (``cupy.unique``) and only the
-distinct ones are copied back. NumPy in, NumPy out: the plan's arrays are uploaded once per
-call. Design and performance notes: bench/notes_cuda.md.
+One launch measures every trajectory of a batch through the same network (block x of the grid
+works on trajectory x // workers) over a range of samples; a run loops over launches that share
+their boundary sample, each sized to take about ``LAUNCH_SECONDS`` (first from the work per
+sample and a guessed rate, then from the rate the launches achieve), so that Ctrl-C and display
+watchdogs never wait long and memory does not grow with N. Counters accumulate on the device;
+after each launch the run-start hashes of all trajectories are de-duplicated on the device in one
+segmented sort and only the distinct ones are copied back. NumPy in, NumPy out: the plan's
+arrays are uploaded once per call. Design and performance notes: bench/notes_cuda.md.
 
-CuPy is imported lazily, so importing this module never touches CUDA. Set
-``FASTEXPR_DEBUG=1`` (or ``DEBUG = True``) to poison the hash buffer before every launch,
-check what the kernel wrote, and compile with line information for compute-sanitizer.
+CuPy is imported lazily, so importing this module never touches CUDA, and its host logic
+(layouts, grid, launch sizing, de-duplication; NumPy stands in for CuPy) runs without it
+(tests/test_cuda_host.py). Set ``FASTEXPR_DEBUG=1`` (or ``DEBUG = True``) to poison the hash
+buffer before every launch, check what the kernel wrote, and compile with line information for
+compute-sanitizer.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 
@@ -29,10 +34,23 @@ from .cuda_exact import EXACT_UNITS, exact_walk  # noqa: F401  (the exact engine
 
 NAME = "cuda"
 
-#: Samples per ``run`` call when ``measure`` chunks a trajectory (neighbouring chunks share one).
-CHUNK = 1 << 24
-#: Samples per kernel launch, all trajectories of a batch together (bounds device memory).
-LAUNCH_POINTS = 1 << 24
+#: Seconds of GPU work per ``run_batch`` call that ``chunk_points`` aims at (``measure``'s progress).
+CHUNK_SECONDS = 1.0
+#: Seconds one launch should take: long enough to hide the launch and the host's share, short
+#: enough for Ctrl-C and display watchdogs.
+LAUNCH_SECONDS = 0.25
+#: Most samples per launch, all trajectories together: the hash buffer holds 8 bytes per sample.
+MAX_LAUNCH_POINTS = 1 << 24
+#: Blocks per trajectory; None: one wave of resident blocks (tests set it low: many tiles per block).
+BLOCKS_PER_TRAJECTORY: int | None = None
+#: The kernels' speed in FLOP-equivalents per second (``work_per_point``) assumed before a launch
+#: has been timed, by item size: well below an H100's, so that a first launch on a smaller GPU
+#: stays short too.
+RATE_GUESS = {4: 2e13, 8: 4e12}
+#: Epilogue cost per neuron and layer in FLOP-equivalents (about 20 instructions; bench/notes_cuda.md).
+EPILOGUE_FLOPS = 40
+#: The largest gridDim.x.
+MAX_GRID_X = 2**31 - 1
 #: Poison outputs and check them after every launch; compile with -lineinfo.
 DEBUG = os.environ.get("FASTEXPR_DEBUG", "0") not in ("", "0")
 #: What an unwritten hash slot holds in debug mode.
@@ -43,6 +61,14 @@ NO_OVERFLOW = np.iinfo(np.int32).max
 SOURCE = "measure.cu"
 _KERNEL_LINE = re.compile(r"^FX_KERNEL\((\w+), (float|double), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)$",
                           re.MULTILINE)
+_ERROR_LINE = re.compile(r"^#define FX_ERROR_(\w+) (\d+)\b", re.MULTILINE)
+#: A tiny kernel that ``probe`` compiles and runs: it includes the shared header like measure.cu does.
+_PROBE_SOURCE = r"""
+#include "semantics.h"
+extern "C" __global__ void fx_probe(unsigned long long* keys) { keys[threadIdx.x] = fx::pattern_key(1, threadIdx.x, 1); }
+"""
+#: Samples per second achieved so far, per (device, configuration, padded widths).
+_RATES: dict[tuple, float] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +102,10 @@ def _install_hint() -> str:
 
 
 def probe() -> None:
-    """Raise ImportError without CuPy (saying which extra to install), RuntimeError without a device."""
+    """Raise ImportError without CuPy (saying which extra to install), RuntimeError without a device,
+    when a tiny kernel that includes the shared header cannot be compiled (NVRTC missing, too new
+    for the driver, broken) or run, or computes wrong keys, and when no configuration fits the
+    current device's shared memory."""
     try:
         import cupy
     except ImportError as exc:
@@ -87,6 +116,43 @@ def probe() -> None:
         raise RuntimeError(f"CuPy cannot reach a CUDA device: {exc}") from exc
     if count == 0:
         raise RuntimeError("CuPy sees no CUDA device (check CUDA_VISIBLE_DEVICES)")
+    try:
+        keys = cupy.zeros(32, np.uint64)
+        cuda_compile.load_code(_PROBE_SOURCE).get_function("fx_probe")((1,), (32,), (keys,))
+        got = cupy.asnumpy(keys)
+    except Exception as exc:  # noqa: BLE001 - NVRTC, the driver and CuPy each raise their own kinds
+        raise RuntimeError(f"CuPy cannot compile and run a CUDA kernel here ({type(exc).__name__}: {exc}); "
+                           f"{_install_hint()}") from exc
+    if not np.array_equal(got, pattern_keys(1, 32)[0]):
+        raise RuntimeError("a CUDA kernel computed wrong pattern keys: the GPU or its compiler is unusable")
+    device = cupy.cuda.Device().id
+    limit, need = _smem_limit(cupy, device), min(c.smem_bytes(1) for c in configs())
+    if need > limit:
+        raise RuntimeError(f"the cuda kernels need at least {need} bytes of shared memory per block, "
+                           f"device {device} offers {limit}")
+
+
+def _smem_limit(cupy, device: int) -> int:
+    """Shared memory one block of ``device`` may opt in to, in bytes."""
+    runtime = cupy.cuda.runtime
+    return runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
+
+
+def _device_index(plan: Plan, cupy) -> int:
+    """The plan's GPU ("cuda:N"), else CuPy's current device."""
+    return int(plan.device.split(":")[1]) if plan.device.startswith("cuda:") else cupy.cuda.Device().id
+
+
+def unavailable_reason(plans: list[Plan]) -> str | None:
+    """Why these plans cannot run on this backend here (a layer too wide, too little shared memory
+    on their device), or None: what ``auto`` checks before it picks this backend."""
+    import cupy
+
+    try:
+        config_for(plans[0], _smem_limit(cupy, _device_index(plans[0], cupy)))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,14 +203,24 @@ class Config:
 
 
 @functools.lru_cache(maxsize=None)
+def _source_text() -> str:
+    return (cuda_compile.source_dir() / "cuda" / SOURCE).read_text()
+
+
+@functools.lru_cache(maxsize=None)
 def configs() -> tuple[Config, ...]:
     """Every configuration compiled into measure.cu, narrowest first within each dtype."""
-    text = (cuda_compile.source_dir() / "cuda" / SOURCE).read_text()
     found = []
-    for name, ctype, *numbers in _KERNEL_LINE.findall(text):
+    for name, ctype, *numbers in _KERNEL_LINE.findall(_source_text()):
         dtype = np.dtype(np.float32 if ctype == "float" else np.float64)
         found.append(Config(name, dtype, *map(int, numbers)))
     return tuple(sorted(found, key=lambda c: (c.dtype.itemsize, c.width)))
+
+
+@functools.lru_cache(maxsize=None)
+def errors() -> dict[str, int]:
+    """The bits of the kernels' ``error`` flag (the FX_ERROR_* lines of measure.cu), by name."""
+    return {name: int(bit) for name, bit in _ERROR_LINE.findall(_source_text())}
 
 
 def config_for(plan: Plan, smem_limit: int | None = None) -> Config:
@@ -227,35 +303,97 @@ def trajectory_arrays(plans: list[Plan], config: Config) -> dict[str, np.ndarray
 
 
 def output_arrays(xp, batch: int, depth: int, capacity: int) -> dict:
-    """Zeroed counters, ``overflow`` at NO_OVERFLOW and the hash buffer, as ``xp`` (numpy or cupy) arrays."""
+    """Zeroed counters, ``overflow`` at NO_OVERFLOW, the error flag and the hash buffer, as ``xp``
+    (numpy or cupy) arrays."""
     return dict(
         trans=xp.zeros((batch, depth), np.uint64), pcs=xp.zeros((batch, depth), np.uint64),
         net=xp.zeros(batch, np.uint64), lengths=xp.zeros((batch, depth + 1), np.float64),
         overflow=xp.full(batch, NO_OVERFLOW, np.int32), hcount=xp.zeros(batch, np.uint64),
-        hashes=xp.zeros((batch, capacity), np.uint64))
+        hashes=xp.zeros((batch, capacity), np.uint64), error=xp.zeros(1, np.int32))
 
 
-def kernel_args(net: dict, traj: dict, out: dict, plan: Plan, start: int, stop: int, smem: int) -> tuple:
+def kernel_args(net: dict, traj: dict, out: dict, plan: Plan, start: int, stop: int, smem: int,
+                workers: int) -> tuple:
     """The kernel's arguments in the order of FX_KERNEL_PARAMS (arrays of any array library)."""
     return (net["wt"], net["bias"], net["keys"], net["acts"], net["npad"], np.int32(plan.depth), net["bias1"],
             traj["proj"], traj["geom"], traj["verts"], traj["seglen"], traj["traj"], np.int32(plan.widths[0]),
             np.int64(start), np.int64(stop), out["trans"], out["pcs"], out["net"], out["lengths"], out["overflow"],
-            out["hcount"], out["hashes"], np.int64(out["hashes"].shape[1]), np.int64(smem))
+            out["hcount"], out["hashes"], np.int64(out["hashes"].shape[1]), np.int64(smem), np.int32(workers),
+            out["error"])
 
 
-def grid(config: Config, batch: int, start: int, stop: int, sms: int) -> tuple[int, int, int]:
-    """One wave of persistent blocks (at least one per trajectory), never more than the tiles."""
+def workers(config: Config, batch: int, start: int, stop: int, sms: int) -> int:
+    """Blocks per trajectory: one wave of persistent blocks over the batch (or BLOCKS_PER_TRAJECTORY),
+    at least one, never more than the tiles, and ``workers * batch`` within gridDim.x."""
     tiles = max(1, -(-(stop - start - 1) // (config.rows - 1)))
-    return (max(1, min(tiles, -(-sms * config.min_blocks // batch))), batch, 1)
+    wave = BLOCKS_PER_TRAJECTORY or -(-sms * config.min_blocks // batch)
+    return max(1, min(tiles, wave, MAX_GRID_X // batch))
 
 
-def partials(out: dict, hashes: list[list[np.ndarray]]) -> list[Partials]:
-    """Host Partials per trajectory from the (host) counters and the per-launch distinct hashes."""
+def work_per_point(plan: Plan, config: Config) -> int:
+    """The kernel's work per sample in FLOP-equivalents: the GEMMs of layers 2..L as computed
+    (``config.width`` columns deep as the previous padded width) and every layer's epilogue."""
+    return config.width * (2 * sum(padded_widths(plan, config)[:-1]) + EPILOGUE_FLOPS * plan.depth)
+
+
+def guessed_rate(plan: Plan, config: Config) -> float:
+    """Samples per second expected before any launch was timed (RATE_GUESS over the work per sample)."""
+    return RATE_GUESS[config.dtype.itemsize] / work_per_point(plan, config)
+
+
+def _rate_key(plan: Plan, config: Config, device: int) -> tuple:
+    """What the achieved rate of a launch depends on: the device, the kernel and the layer sizes it computes."""
+    return device, config.name, tuple(padded_widths(plan, config))
+
+
+def launch_points(rate: float, batch: int) -> int:
+    """Samples per trajectory for a launch of LAUNCH_SECONDS at ``rate`` samples per second (all
+    trajectories together): at least 2, at most MAX_LAUNCH_POINTS over the batch."""
+    return max(2, min(int(rate * LAUNCH_SECONDS), MAX_LAUNCH_POINTS) // batch)
+
+
+def check_launch(counts: np.ndarray, capacity: int, error: int) -> None:
+    """RuntimeError when the kernel raised an error bit or emitted more hashes than a row holds
+    (it writes only the first ``capacity``): both would be bugs, never a property of the input."""
+    if error & errors()["SHARED_MEMORY"]:
+        raise RuntimeError("the cuda kernel's shared-memory layout (Smem in measure.cu) needs more than "
+                           "Config.smem_bytes gave the launch")
+    if error:
+        raise RuntimeError(f"the cuda kernel reported error bits {error:#x}")
+    if counts.size and int(counts.max()) > capacity:
+        raise RuntimeError(f"the cuda kernel emitted {int(counts.max())} hashes into a row of {capacity} slots")
+
+
+def distinct_hashes(xp, hashes, counts, host_counts: np.ndarray) -> list[np.ndarray]:
+    """Per row b of ``hashes`` (batch, capacity), the distinct values among its first ``counts[b]``,
+    sorted, as host arrays: one segmented sort on the device ((row, hash) pairs in lexicographic
+    order), one copy back. ``host_counts`` is ``counts`` on the host."""
+    to_host = getattr(xp, "asnumpy", np.asarray)
+    batch = hashes.shape[0]
+    used = int(host_counts.max()) if host_counts.size else 0
+    if used == 0:
+        return [np.empty(0, np.uint64) for _ in range(batch)]
+    rows, cols = xp.nonzero(xp.arange(used)[None, :] < counts.astype(np.int64)[:, None])
+    values = hashes[rows, cols]
+    if DEBUG and bool((values == POISON).any()):
+        raise RuntimeError("the cuda kernel left a reserved hash slot unwritten")
+    rows = rows.astype(np.uint64)
+    order = xp.lexsort(xp.stack([values, rows]))
+    rows, values = rows[order], values[order]
+    first = xp.ones(rows.size, bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
+    pairs = to_host(xp.stack([rows[first], values[first]]))
+    bounds = np.searchsorted(pairs[0], np.arange(batch + 1, dtype=np.uint64))
+    return [pairs[1, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def partials(out: dict, found: list[list[np.ndarray]]) -> list[Partials]:
+    """Host Partials per trajectory from the (host) counters and each launch's distinct hashes."""
     return [
         Partials(transitions=out["trans"][b].astype(np.int64), pattern_changes=out["pcs"][b].astype(np.int64),
                  network_changes=int(out["net"][b]), lengths=out["lengths"][b].copy(),
-                 run_hashes=np.unique(np.concatenate(hashes[b])))
-        for b in range(len(hashes))
+                 run_hashes=np.unique(np.concatenate(found[b])))
+        for b in range(len(found))
     ]
 
 
@@ -263,45 +401,49 @@ def partials(out: dict, hashes: list[list[np.ndarray]]) -> list[Partials]:
 # Running
 
 
-def measure_launches(plans: list[Plan], start: int, stop: int, config: Config, xp, launch, sms: int) -> list[Partials]:
+def measure_launches(plans: list[Plan], start: int, stop: int, config: Config, xp, launch, sms: int,
+                     device: int = 0) -> list[Partials]:
     """The launch loop behind ``run_batch``, for any array library ``xp`` and ``launch(grid, args)``.
 
-    Each launch covers at most LAUNCH_POINTS samples of all trajectories together; neighbouring
-    launches share one sample. Counters accumulate in place across launches; each launch's hashes
-    are de-duplicated with ``xp.unique`` before they reach the host. Raises OverflowInForwardPass
-    when the kernel saw an inf or NaN pre-activation.
+    Each launch covers the same samples of every trajectory, as many as take about LAUNCH_SECONDS
+    (``launch_points`` at the rate of earlier launches on this device and network layout, else
+    ``guessed_rate``); neighbouring launches share one sample. Counters accumulate in place;
+    each launch's hashes are de-duplicated on the device (``distinct_hashes``). Raises
+    OverflowInForwardPass when the kernel saw an inf or NaN pre-activation.
     """
     to_host = getattr(xp, "asnumpy", np.asarray)
     first, batch = plans[0], len(plans)
     net = {k: xp.asarray(v) for k, v in network_arrays(first, config).items()}
     traj = {k: xp.asarray(v) for k, v in trajectory_arrays(plans, config).items()}
-    per_launch = max(2, LAUNCH_POINTS // batch)
-    capacity = min(per_launch, stop - start)
+    capacity = min(max(2, MAX_LAUNCH_POINTS // batch), stop - start)
     out = output_arrays(xp, batch, first.depth, capacity)
     smem = config.smem_bytes(first.depth)
-    hashes: list[list[np.ndarray]] = [[] for _ in plans]
+    key = _rate_key(first, config, device)
+    rate = _RATES.get(key) or guessed_rate(first, config)
+    found: list[list[np.ndarray]] = [[] for _ in plans]
     a = start
     while True:
-        b = min(a + per_launch, stop)
+        planned = min(launch_points(rate, batch), capacity)
+        b = min(a + planned, stop)
+        began = perf_counter()
         out["hcount"].fill(0)
         if DEBUG:
             out["hashes"].fill(POISON)
-        launch(grid(config, batch, a, b, sms), kernel_args(net, traj, out, first, a, b, smem))
+        blocks = workers(config, batch, a, b, sms)
+        launch((blocks * batch, 1, 1), kernel_args(net, traj, out, first, a, b, smem, blocks))
         counts = to_host(out["hcount"])
-        if DEBUG and np.any(counts > capacity):
-            raise RuntimeError(f"the cuda kernel reserved {counts.max()} hash slots of {capacity}")
-        for i, count in enumerate(counts):
-            emitted = out["hashes"][i, : int(count)]
-            if DEBUG and bool((emitted == POISON).any()):
-                raise RuntimeError("the cuda kernel left a reserved hash slot unwritten")
-            hashes[i].append(to_host(xp.unique(emitted)))
+        check_launch(counts, capacity, int(to_host(out["error"])[0]))
+        for row, distinct in zip(found, distinct_hashes(xp, out["hashes"], out["hcount"], counts)):
+            row.append(distinct)
+        if b - a == planned:  # a launch cut short by `stop` would understate the rate
+            rate = _RATES[key] = batch * planned / max(perf_counter() - began, 1e-6)
         if b == stop:
             break
         a = b - 1
     host = {k: to_host(v) for k, v in out.items() if k != "hashes"}
     for plan, layer in zip(plans, host["overflow"]):
         check_forward_pass(plan, 0 if layer == NO_OVERFLOW else int(layer))
-    return partials(host, hashes)
+    return partials(host, found)
 
 
 def _validate(plans: list[Plan], start: int, stop: int) -> None:
@@ -319,7 +461,8 @@ def _validate(plans: list[Plan], start: int, stop: int) -> None:
 def run_batch(plans: list[Plan], start: int, stop: int) -> list[Partials]:
     """Partials of samples ``start .. stop-1`` of every plan (one network, many trajectories).
 
-    Runs on the plan's GPU (``plan.device`` "cuda:N"), else on CuPy's current device.
+    Runs on the plan's GPU (``plan.device`` "cuda:N"), else on CuPy's current device, on CuPy's
+    current stream.
     """
     import cupy
 
@@ -327,23 +470,33 @@ def run_batch(plans: list[Plan], start: int, stop: int) -> list[Partials]:
     if not plans:
         raise ValueError("run_batch needs at least one plan")
     _validate(plans, start, stop)
-    where = plans[0].device
-    device = int(where.split(":")[1]) if where.startswith("cuda:") else cupy.cuda.Device().id
+    device = _device_index(plans[0], cupy)
     with cupy.cuda.Device(device):
-        runtime = cupy.cuda.runtime
-        limit = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
-        config = config_for(plans[0], limit)
+        config = config_for(plans[0], _smem_limit(cupy, device))
         smem = config.smem_bytes(plans[0].depth)
         kernel = cuda_compile.get_function(SOURCE, config.name, ("-lineinfo",) if DEBUG else ())
         kernel.max_dynamic_shared_size_bytes = smem
+        runtime = cupy.cuda.runtime
         sms = runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, device)
 
         def launch(grid_dims, args):
             kernel(grid_dims, (config.threads, 1, 1), args, shared_mem=smem)
 
-        return measure_launches(plans, start, stop, config, cupy, launch, sms)
+        return measure_launches(plans, start, stop, config, cupy, launch, sms, device)
 
 
 def run(plan: Plan, start: int, stop: int) -> Partials:
     """Partials of samples ``start .. stop-1`` of ``plan`` (see fastexpr.plan.Partials)."""
     return run_batch([plan], start, stop)[0]
+
+
+def chunk_points(plans: list[Plan]) -> int:
+    """Samples per trajectory for one ``run_batch`` call of about CHUNK_SECONDS, at the rate of
+    earlier launches (else the guessed one): how ``measure`` cuts a trajectory, so that its
+    progress moves while each call still holds several launches."""
+    import cupy
+
+    device = _device_index(plans[0], cupy)
+    config = config_for(plans[0], _smem_limit(cupy, device))
+    rate = _RATES.get(_rate_key(plans[0], config, device)) or guessed_rate(plans[0], config)
+    return max(2, int(rate * CHUNK_SECONDS) // len(plans))

@@ -1,14 +1,22 @@
 """Run-time compilation of ``csrc/cuda/*.cu`` through CuPy (NVRTC), cached per process and on disk.
 
 CuPy caches compiled modules on disk itself (``CUPY_CACHE_DIR`` overrides where), keyed by
-the source text and options, so the key covers everything that changes the code. A
-``#line`` directive makes compiler errors name the real file and line.
+the source text, the options and the compiler version, not by the files the source
+includes. So the options carry ``-DFX_INCLUDES_SHA256=<digest>`` of every file the source
+includes (transitively, ``#include "..."`` resolved like NVRTC does): an edited header changes
+the key and forces a recompile. A ``#line`` directive makes compiler errors name the real
+file and line. Nothing here imports CuPy until a module is loaded.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from importlib import resources
 from pathlib import Path
+
+#: A quoted include; NVRTC has no host headers, so the sources include nothing else.
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 
 
 def source_dir():
@@ -20,18 +28,63 @@ def source_dir():
         return Path(__file__).resolve().parents[2] / "csrc"
 
 
+def include_dirs(root) -> tuple:
+    """The include path: ``common/`` (the shared headers), then ``cuda/``."""
+    return root / "common", root / "cuda"
+
+
+def included_files(code: str, dirs) -> list:
+    """Every file ``code`` includes, transitively, each once, in the order first met. A header's
+    own includes are looked up next to it first, then in ``dirs`` (NVRTC's order); an include
+    found nowhere is left for the compiler to report."""
+    found: list = []
+
+    def visit(text: str, here) -> None:
+        for name in _INCLUDE.findall(text):
+            for folder in ((here,) if here is not None else ()) + tuple(dirs):
+                path = folder / name
+                if path.is_file():
+                    if path not in found:
+                        found.append(path)
+                        visit(path.read_text(), path.parent)
+                    break
+
+    visit(code, None)
+    return found
+
+
+def nvrtc_options(code: str, options: tuple[str, ...] = (), root=None) -> tuple[str, ...]:
+    """The NVRTC options for ``code``: C++17, the include path and the digest of every included
+    file (name and text), then ``options``."""
+    dirs = include_dirs(root if root is not None else source_dir())
+    digest = hashlib.sha256()
+    for path in included_files(code, dirs):
+        data = path.read_bytes()
+        digest.update(f"{path.name}\0{len(data)}\0".encode() + data)
+    return ("-std=c++17", *(f"-I{d}" for d in dirs), f"-DFX_INCLUDES_SHA256={digest.hexdigest()}", *options)
+
+
+def source(filename: str, root=None) -> str:
+    """The text of ``csrc/cuda/<filename>`` behind a ``#line`` directive naming the file."""
+    path = (root if root is not None else source_dir()) / "cuda" / filename
+    return f'#line 1 "{path}"\n' + path.read_text()
+
+
 @functools.lru_cache(maxsize=None)
-def load_module(filename: str, options: tuple[str, ...] = ()):
-    """Compile ``csrc/cuda/<filename>`` into a ``cupy.RawModule`` (lazily imports CuPy)."""
+def load_code(code: str, options: tuple[str, ...] = (), root=None):
+    """``code`` (which may include the headers of ``csrc/``) as a ``cupy.RawModule`` (lazily imports CuPy)."""
     import cupy
 
-    root = source_dir()
-    path = root / "cuda" / filename
-    code = f'#line 1 "{path}"\n' + path.read_text()
-    opts = ("-std=c++17", f"-I{root / 'common'}", f"-I{root / 'cuda'}") + tuple(options)
-    return cupy.RawModule(code=code, options=opts)
+    return cupy.RawModule(code=code, options=nvrtc_options(code, options, root))
 
 
-def get_function(filename: str, name: str, options: tuple[str, ...] = ()):
-    """An ``extern "C"`` kernel of ``csrc/cuda/<filename>``."""
-    return load_module(filename, tuple(options)).get_function(name)
+def load_module(filename: str, options: tuple[str, ...] = (), root=None):
+    """``csrc/cuda/<filename>`` as a ``cupy.RawModule``, compiled at its first use on each device."""
+    return load_code(source(filename, root), tuple(options), root)
+
+
+@functools.lru_cache(maxsize=None)
+def get_function(filename: str, name: str, options: tuple[str, ...] = (), root=None):
+    """An ``extern "C"`` kernel of ``csrc/cuda/<filename>`` (a ``cupy.RawKernel``: it compiles and
+    loads itself once per device; cached, so repeated calls cost a dictionary lookup)."""
+    return load_module(filename, tuple(options), root).get_function(name)
