@@ -13,7 +13,7 @@ import pytest
 import fastexpr as fx
 from fastexpr import backends, exact
 
-from .cases import network
+from .cases import network, random_path
 
 try:
     backends.get("cuda")
@@ -36,17 +36,7 @@ def make_net(act: str, seed: int) -> fx.Network:
 
 
 def make_traj(name: str, seed: int) -> fx.Trajectory:
-    rng = np.random.default_rng(seed + 500)
-    a, b = 2 * rng.standard_normal((2, 3))
-    if name == "line":
-        return fx.line(a, b)
-    if name == "arc":
-        return fx.arc(a, b)
-    if name == "great_circle":
-        return fx.great_circle(a, b)
-    if name == "polyline":
-        return fx.polyline(2 * rng.standard_normal((5, 3)))
-    return fx.polyline(2 * rng.standard_normal((4, 3)), closed=True)
+    return random_path(name, 3, np.random.default_rng(seed + 500))
 
 
 @pytest.fixture
