@@ -128,7 +128,8 @@ def main(argv=None) -> int:
                   f"{100 * row['fraction_of_roofline']:5.1f}% of roofline: {row['target']}{vs_issue}")
     if "float64" in args.dtypes:
         peak = fp64_peak_flops()
-        print(f"\nGPU: {name}; cuda in float64 against the fp64 roofline (torch.mm float64: {peak / 1e12:.1f} TFLOP/s):")
+        print(f"\nGPU: {name}; cuda in float64 against the fp64 roofline "
+              f"(torch.mm float64: {peak / 1e12:.1f} TFLOP/s):")
         for row in timed_rows("float64", ["cuda"], args.points_float64, args):
             widths = [784] + [row["width"]] * row["depth"]
             row.update(fp64_peak_flops=peak, fp64_roofline_points_per_s=peak / compare.hidden_flops_per_point(widths))

@@ -290,7 +290,7 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
                       "which can overcount transitions and patterns (measured on 4 of 24 random relu networks at "
                       "2^18 samples, 9 of 24 at 2^20) and inflate lengths; use dtype='float64', the default "
                       "(README, Precision)", PrecisionWarning, stacklevel=2)
-    module = backends.resolve(backend, plans[0].device)
+    module = backends.resolve(backend, plans[0].device, plans)
     with _threads.using(threads):
         parts = _run(module, plans, n, progress)
     fields = dict(

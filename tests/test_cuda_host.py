@@ -12,6 +12,7 @@ import types
 import numpy as np
 import pytest
 
+import fastexpr as fx
 from fastexpr.backends import cuda, cuda_compile
 from fastexpr.measure import make_plan
 from fastexpr.plan import pattern_keys
@@ -26,7 +27,7 @@ SOURCES = ("measure.cu", "traj_length.cu", "exact.cu")
 
 
 # --------------------------------------------------------------------------------------------
-# The reference's per-sample view, shared with tests/test_cuda.py
+# Helpers; the reference's per-sample view is shared with tests/test_cuda.py
 
 
 def forward(net, traj, n_points: int):
@@ -38,6 +39,13 @@ def forward(net, traj, n_points: int):
         h = activate(z, act)
         layers.append((region_codes(z, act), h))
     return layers
+
+
+def fx_net(sizes, act="relu", seed=0) -> fx.Network:
+    """A random network with these layer sizes (input first)."""
+    rng = np.random.default_rng(seed)
+    return fx.from_arrays([rng.standard_normal((o, i)) for i, o in zip(sizes, sizes[1:])],
+                          [rng.standard_normal(o) for o in sizes[1:]], [act] * (len(sizes) - 1))
 
 
 def sample_hashes(net, traj, n_points: int) -> np.ndarray:
@@ -198,14 +206,6 @@ def test_config_for_picks_the_narrowest_that_fits():
         cuda.config_for(wide, A100_SMEM_OPTIN)
     with pytest.raises(ValueError, match="neurons wide"):
         cuda.config_for(make_plan(fx_net([INPUT_DIM, 1025]), trajectory("arc", INPUT_DIM), 10, "float64"))
-
-
-def fx_net(sizes, act="relu", seed=0):
-    import fastexpr as fx
-
-    rng = np.random.default_rng(seed)
-    return fx.from_arrays([rng.standard_normal((o, i)) for i, o in zip(sizes, sizes[1:])],
-                          [rng.standard_normal(o) for o in sizes[1:]], [act] * (len(sizes) - 1))
 
 
 # --------------------------------------------------------------------------------------------

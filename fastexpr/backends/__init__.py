@@ -44,15 +44,22 @@ def get(name: str):
     return module
 
 
-def resolve(name: str, device: str):
-    """The backend module for ``name`` ("auto" picks the fastest available for ``device``)."""
+def resolve(name: str, device: str, plans=None):
+    """The backend module for ``name`` ("auto" picks the fastest available for ``device`` that
+    takes ``plans``: a backend's ``unavailable_reason(plans)`` may decline them, e.g. cuda a layer
+    wider than its kernels or a GPU with too little shared memory)."""
     if name != "auto":
         return get(name)
+    reasons = {}
     for candidate in AUTO_ORDER["cuda" if device.startswith("cuda") else "cpu"]:
-        module, _ = _load(candidate)
+        module, reason = _load(candidate)
+        if module is not None and plans is not None and hasattr(module, "unavailable_reason"):
+            reason = module.unavailable_reason(plans)
+            module = module if reason is None else None
         if module is not None:
             return module
-    raise BackendUnavailable(f"no backend available for device {device!r}: {missing_backends()}")
+        reasons[candidate] = reason
+    raise BackendUnavailable(f"no backend available for device {device!r}: {reasons}")
 
 
 def available_backends() -> list[str]:

@@ -65,7 +65,9 @@ _ERROR_LINE = re.compile(r"^#define FX_ERROR_(\w+) (\d+)\b", re.MULTILINE)
 #: A tiny kernel that ``probe`` compiles and runs: it includes the shared header like measure.cu does.
 _PROBE_SOURCE = r"""
 #include "semantics.h"
-extern "C" __global__ void fx_probe(unsigned long long* keys) { keys[threadIdx.x] = fx::pattern_key(1, threadIdx.x, 1); }
+extern "C" __global__ void fx_probe(unsigned long long* keys) {
+  keys[threadIdx.x] = fx::pattern_key(1, threadIdx.x, 1);
+}
 """
 #: Samples per second achieved so far, per (device, configuration, padded widths).
 _RATES: dict[tuple, float] = {}
