@@ -408,8 +408,9 @@ FX_HD int flip_layer(const ExactNet& net, ExactScratch& s, long long total, int 
 }
 
 // Walk one unit over [u0, u1] with layer-1 coefficients (k0, k1, k2) and input Gram g_in.
-// `emit_hash(h)` receives the pattern hash of every piece (the first included);
-// `emit_crossing(u, d, j, from, to)` every flip at a counted crossing point.
+// `sink.hash(h)` receives the pattern hash of every piece (the first included); when
+// `sink.wants_crossings`, `sink.crossing(u, d, j, from, to)` receives every net code change
+// of a neuron at a counted crossing point.
 template <int KIND, class Sink>
 FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, const double* k1, const double* k2,
                       const double* g_in, double u0, double u1, double tol, ExactOut& out, Sink& sink) {
