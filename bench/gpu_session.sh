@@ -9,18 +9,22 @@
 # Groups, each under 10 minutes (its steps' time limits add up to at most 9.5), so that a
 # session limited to 10 minutes per command runs them one call each on the same machine:
 #   setup     machine report, install, probe, compilation of every kernel         (~3 min)
-#   tests     CUDA tests, slow CUDA tests, the rest of the suite                    (~5 min)
+#   tests     CUDA tests, slow CUDA tests, the rest of the suite (8 xdist workers) (~3 min)
 #   sanitize  memcheck, racecheck (one or two blocks per trajectory: many tiles
-#             per block), synccheck, all with FASTEXPR_DEBUG=1                      (~6 min)
+#             per block), synccheck, all with FASTEXPR_DEBUG=1, in parallel        (~6 min)
+#   traj      host-side and kernel time of the CUDA trajectory_length              (~1 min)
 #   bench     bench_gpu.py (float32 targets, float64), bench_traj_length.py        (~6 min)
 #   profile   exact walker cuda vs cpu, resource report and SASS, ncu profiles     (~4 min)
 # Every step runs under a time limit and the session goes on past failures; OUTDIR/summary.md
 # records each step's exit status, time and last line. Exit status: 0 when every step passed.
+# On the first H100 session (2026-11-24) racecheck needed minutes per test: the sanitizer
+# instruments every kernel of measure.cu's module at load, so each racecheck step selects two
+# configurations, and the sanitizer steps run side by side.
 set -u
 
-OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [tests] [sanitize] [bench] [profile]}
+OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [tests] [sanitize] [traj] [bench] [profile]}
 shift
-GROUPS_TO_RUN=${*:-setup tests sanitize bench profile}
+GROUPS_TO_RUN=${*:-setup tests sanitize traj bench profile}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
@@ -115,23 +119,31 @@ group_tests() {
   step test_cuda 300 "${PYTEST[@]}" tests/test_cuda.py tests/test_cuda_exact.py tests/test_cuda_host.py -m "not slow" \
     --durations=15
   step test_cuda_slow 90 "${PYTEST[@]}" tests/test_cuda.py -m slow
-  step test_suite 180 "${PYTEST[@]}" tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
+  step test_suite 240 "${PYTEST[@]}" -n 8 tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
     --ignore=tests/test_cuda_host.py --durations=10
 }
 
 group_sanitize() {
   export FASTEXPR_DEBUG=1
-  step memcheck_measure 150 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_cuda.py -x -m "not slow" -k \
-    "(many_tiles_per_block and line) or around_its_tile or deep or many_launches or batches or full_hash or single_sample or add_up or mismatch"
-  step memcheck_exact 60 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_cuda_exact.py -x \
-    -k "same_dict or overflow_reruns or few_threads"
-  step memcheck_traj_length 60 "${SANITIZER[@]}" --tool memcheck "$PY" -c "$TRAJ_LENGTH_PY"
-  step racecheck_measure 150 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" tests/test_cuda.py -x \
-    -k "many_tiles_per_block and arc"
-  step racecheck_traj_length 40 "${SANITIZER[@]}" --tool racecheck "$PY" -c "$TRAJ_LENGTH_PY"
-  step synccheck_measure 100 "${SANITIZER[@]}" --tool synccheck "${PYTEST[@]}" tests/test_cuda.py -x \
-    -k "(many_tiles_per_block and line) or around_its_tile"
+  local tiles="many_tiles_per_block and"
+  step memcheck_measure 300 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_cuda.py -x -m "not slow" -k \
+    "($tiles line) or around_its_tile or deep or many_launches or batches or full_hash or single_sample or add_up or mismatch" &
+  { step memcheck_exact 60 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_cuda_exact.py -x \
+      -k "same_dict or overflow_reruns or few_threads"
+    step memcheck_traj_length 60 "${SANITIZER[@]}" --tool memcheck "$PY" -c "$TRAJ_LENGTH_PY"
+    step racecheck_traj_length 60 "${SANITIZER[@]}" --tool racecheck "$PY" -c "$TRAJ_LENGTH_PY"; } &
+  step racecheck_measure_f32 330 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" \
+    tests/test_cuda.py -x -k "$tiles arc and (measure_f32_w64 or measure_f32_w1024)" &
+  step racecheck_measure_f64 330 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" \
+    tests/test_cuda.py -x -k "$tiles arc and (measure_f64_w128 or measure_f64_w1024)" &
+  step synccheck_measure 300 "${SANITIZER[@]}" --tool synccheck "${PYTEST[@]}" tests/test_cuda.py -x \
+    -k "($tiles line and (measure_f32_w128 or measure_f64_w64)) or around_its_tile" &
+  wait
   unset FASTEXPR_DEBUG
+}
+
+group_traj() {
+  step traj_length_time 120 "$PY" bench/traj_length_time.py
 }
 
 group_bench() {
@@ -154,10 +166,12 @@ group_profile() {
 
 for group in $GROUPS_TO_RUN; do
   case $group in
-    setup | tests | sanitize | bench | profile) "group_$group" ;;
-    *) echo "unknown group $group (setup, tests, sanitize, bench, profile)"; FAILED=1 ;;
+    setup | tests | sanitize | traj | bench | profile) "group_$group" ;;
+    *) echo "unknown group $group (setup, tests, sanitize, traj, bench, profile)"; FAILED=1 ;;
   esac
 done
 echo
 cat "$SUMMARY"
+# Steps run in the background set FAILED in their subshells: read every outcome off the summary.
+awk -F'|' 'NR > 2 && $3 + 0 != 0 { bad = 1 } END { exit bad }' "$SUMMARY" || FAILED=1
 exit $FAILED
