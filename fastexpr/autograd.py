@@ -28,9 +28,11 @@ on every implementation; a zero-length segment contributes zero to every derivat
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -189,10 +191,47 @@ def _cpu_forward(h, closed):
     return torch.tensor(total, dtype=h.dtype), torch.from_numpy(norms)
 
 
+# A fresh CPU gradient from 32 MiB up is mapped afresh by glibc on every call (and unmapped when
+# freed), so the backward faults it in 4 KiB at a time: 28 of the 36 ms of a (4096, 4096) float32
+# backward on the 2-core test VM. In 2 MiB transparent huge pages it takes 512x fewer faults.
+_HUGE_PAGE = 1 << 21
+_HUGE_PAGES_FROM = 32 << 20
+_MADV_HUGEPAGE = 14  # Linux
+
+
+@functools.lru_cache(maxsize=None)
+def _madvise():
+    """libc's madvise (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return function
+
+
+def _empty_gradient(h):
+    """An uninitialised CPU tensor like contiguous ``h`` for a backward kernel to overwrite. From
+    32 MiB up: a 2 MiB-aligned view into a tensor 2 MiB longer, advised into transparent huge pages
+    before its first touch (what ``THP_MEM_ALLOC_ENABLE=1`` does for every torch tensor). The spare
+    2 MiB is never touched, so it costs address space, not memory."""
+    madvise = _madvise()
+    if h.nbytes < _HUGE_PAGES_FROM or madvise is None:
+        return torch.empty_like(h)
+    spare = _HUGE_PAGE // h.element_size()
+    buffer = torch.empty(h.numel() + spare, dtype=h.dtype)
+    start = (-buffer.data_ptr() % _HUGE_PAGE) // h.element_size()
+    grad = buffer[start:start + h.numel()].view(h.shape)
+    madvise(grad.data_ptr(), grad.nbytes, _MADV_HUGEPAGE)  # advice: a failure only costs speed
+    return grad
+
+
 def _cpu_backward(h, norms, grad_out, closed):
     from . import _C
 
-    grad = torch.empty_like(h)
+    grad = _empty_gradient(h)
     _C.traj_length_backward(h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
     return grad
 
@@ -249,7 +288,7 @@ def _numba_forward(h, closed):
 
 
 def _numba_backward(h, norms, grad_out, closed):
-    grad = torch.empty_like(h)
+    grad = _empty_gradient(h)
     _numba_kernels()[1](h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
     return grad
 

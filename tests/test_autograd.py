@@ -87,6 +87,25 @@ def test_large_inputs_use_every_code_path(impl, shape):
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
+def test_gradients_from_32_mib_up_are_plain_tensors_in_huge_pages(impl):
+    """The large-gradient allocation (2 MiB-aligned view, advised into huge pages on Linux)
+    gives the right gradient, with h's shape and strides, that autograd accumulates as usual."""
+    if impl[0] not in ("cpu", "numba"):
+        pytest.skip("only the cpu and numba backwards allocate this way")
+    h = randn(4, 2_100_001, dtype=torch.float32, seed=10).requires_grad_()
+    assert h.nbytes >= autograd._HUGE_PAGES_FROM
+    run(impl, h, True).backward()
+    grad = h.grad
+    assert grad.shape == h.shape and grad.stride() == h.stride() and grad.dtype == h.dtype
+    if autograd._madvise() is not None:
+        assert grad.data_ptr() % autograd._HUGE_PAGE == 0
+    reference = h.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(plain(reference, True), reference)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-4, atol=1e-6)
+    run(impl, h, True).backward()  # accumulates into the same gradient
+    torch.testing.assert_close(h.grad.double(), 2 * expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("closed", [False, True])
 def test_zero_length_segments_give_finite_zero_gradients(impl, closed):
     h = torch.ones(5, 3, dtype=torch.float64, device=impl[1], requires_grad=True)
