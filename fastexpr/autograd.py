@@ -18,18 +18,24 @@ blocks of 512 columns, then float64), so float32 activations of any magnitude ne
 overflow nor underflow.
 
 The environment variable ``FASTEXPR_TRAJ_BACKEND`` overrides ``"auto"`` (for tests).
-bfloat16 and float16 are computed in float32 and the result cast back. Double backward is
-not supported (the backward is ``once_differentiable``).
+bfloat16 and float16 are computed in float32 and the result cast back.
+
+Forward and backward are torch custom ops (``fastexpr::traj_length_forward`` and
+``fastexpr::traj_length_backward``), so ``torch.compile(fullgraph=True)`` works on every
+implementation. Double (and higher) backward is supported: with ``create_graph=True`` the
+gradient is built from torch operations instead of the fused backward, so it is differentiable
+on every implementation; a zero-length segment contributes zero to every derivative.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from .backends import BackendUnavailable
 
@@ -55,7 +61,7 @@ def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "aut
     rows = h.reshape(h.shape[0], -1)
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.float()
-    return _TrajectoryLength.apply(rows.contiguous(), bool(closed), name).to(h.dtype)
+    return _forward_op(rows.contiguous(), bool(closed), name)[0].to(h.dtype)
 
 
 def unavailable_reason(name: str, device: torch.device | str) -> str | None:
@@ -67,7 +73,9 @@ def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     needs = {"cpu": "cpu", "numba": "cpu", "cuda": "cuda"}.get(name)
     if needs is not None and device_type != needs:
         return f"{name!r} runs on {needs} tensors only, not {device_type}"
-    return _import_reason(name)
+    if name not in _IMPORT_REASONS:
+        _IMPORT_REASONS[name] = _import_reason(name)
+    return _IMPORT_REASONS[name]
 
 
 def available(device: torch.device | str) -> list[str]:
@@ -88,9 +96,13 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+# Filled by unavailable_reason; a plain dict rather than functools.lru_cache, which
+# torch.compile warns about when it traces trajectory_length.
+_IMPORT_REASONS: dict[str, str | None] = {}
+
+
 def _import_reason(name: str) -> str | None:
-    """Why the module behind ``name`` fails to import (cached), or None."""
+    """Why the module behind ``name`` fails to import, or None."""
     try:
         if name == "cpu":
             from . import _C
@@ -106,22 +118,66 @@ def _import_reason(name: str) -> str | None:
     return None
 
 
-class _TrajectoryLength(torch.autograd.Function):
-    """Autograd node over a contiguous (B, D) float32/float64 tensor; ``name`` picks the kernels."""
+# The two halves are torch custom ops (``torch.library``), so ``torch.compile`` (also with
+# ``fullgraph=True``) treats every implementation as one opaque call with a known output shape
+# instead of tracing into numba, CuPy or the extension. ``impl`` names the implementation.
 
-    @staticmethod
-    def forward(ctx, h, closed, name):
-        out, norms = _IMPLEMENTATIONS[name][0](h.detach(), closed)
-        ctx.save_for_backward(h, norms)
-        ctx.closed, ctx.name = closed, name
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        h, norms = ctx.saved_tensors
-        grad = _IMPLEMENTATIONS[ctx.name][1](h.detach(), norms, grad_out.to(h.dtype), ctx.closed)
-        return grad, None, None
+@torch.library.custom_op("fastexpr::traj_length_forward", mutates_args=())
+def _forward_op(h: torch.Tensor, closed: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(0-dim length of h's dtype, float64 segment norms) of a contiguous (B, D) float32/float64 h."""
+    return _IMPLEMENTATIONS[impl][0](h, closed)
+
+
+@_forward_op.register_fake
+def _forward_fake(h, closed, impl):
+    segments = h.shape[0] if closed else h.shape[0] - 1
+    return h.new_empty(()), h.new_empty((segments,), dtype=torch.float64)
+
+
+@torch.library.custom_op("fastexpr::traj_length_backward", mutates_args=())
+def _backward_op(h: torch.Tensor, norms: torch.Tensor, grad_out: torch.Tensor, closed: bool,
+                 impl: str) -> torch.Tensor:
+    """grad_out * d(length)/dh from the forward's norms (first order only: not differentiable)."""
+    return _IMPLEMENTATIONS[impl][1](h, norms, grad_out.to(h.dtype), closed)
+
+
+@_backward_op.register_fake
+def _backward_fake(h, norms, grad_out, closed, impl):
+    return torch.empty_like(h)
+
+
+def _setup_context(ctx, inputs, output):
+    h, closed, impl = inputs
+    ctx.save_for_backward(h, output[1])
+    ctx.closed, ctx.impl = closed, impl
+
+
+def _backward(ctx, grad_out, _grad_norms):
+    """The fused backward op, or, when the gradient must itself be differentiable
+    (``create_graph=True``: grad mode is on), the same gradient as a torch expression of h, so
+    that second and higher derivatives come out right on every implementation."""
+    h, norms = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _differentiable_gradient(h, grad_out, ctx.closed), None, None
+    return _backward_op(h, norms, grad_out, ctx.closed, ctx.impl), None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _differentiable_gradient(h, grad_out, closed):
+    """grad_out * d(length)/dh built from differentiable torch operations of h (any device).
+
+    Segment d with norm n contributes d/n, whose derivative is (I - u u^T)/n with u = d/n. A
+    zero-length segment contributes nothing, to the gradient or to any higher derivative (the
+    same zero subgradient as the fused kernels; the inner ``where`` keeps 1/n out of the graph
+    there, so no inf * 0 = nan appears when differentiating again)."""
+    segments = _torch_segments(h, closed)
+    norms = torch.linalg.vector_norm(segments, dim=1, dtype=torch.float64)
+    positive = norms > 0
+    inverse = torch.where(positive, 1.0 / torch.where(positive, norms, 1.0), 0.0).to(h.dtype)
+    return _torch_scatter_segments(segments * (inverse * grad_out.to(h.dtype))[:, None], closed)
 
 
 # Each implementation: forward(h, closed) -> (0-dim length of h's dtype, float64 segment norms)
@@ -135,10 +191,47 @@ def _cpu_forward(h, closed):
     return torch.tensor(total, dtype=h.dtype), torch.from_numpy(norms)
 
 
+# A fresh CPU gradient from 32 MiB up is mapped afresh by glibc on every call (and unmapped when
+# freed), so the backward faults it in 4 KiB at a time: 28 of the 36 ms of a (4096, 4096) float32
+# backward on the 2-core test VM. In 2 MiB transparent huge pages it takes 512x fewer faults.
+_HUGE_PAGE = 1 << 21
+_HUGE_PAGES_FROM = 32 << 20
+_MADV_HUGEPAGE = 14  # Linux
+
+
+@functools.lru_cache(maxsize=None)
+def _madvise():
+    """libc's madvise (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return function
+
+
+def _empty_gradient(h):
+    """An uninitialised CPU tensor like contiguous ``h`` for a backward kernel to overwrite. From
+    32 MiB up: a 2 MiB-aligned view into a tensor 2 MiB longer, advised into transparent huge pages
+    before its first touch (what ``THP_MEM_ALLOC_ENABLE=1`` does for every torch tensor). The spare
+    2 MiB is never touched, so it costs address space, not memory."""
+    madvise = _madvise()
+    if h.nbytes < _HUGE_PAGES_FROM or madvise is None:
+        return torch.empty_like(h)
+    spare = _HUGE_PAGE // h.element_size()
+    buffer = torch.empty(h.numel() + spare, dtype=h.dtype)
+    start = (-buffer.data_ptr() % _HUGE_PAGE) // h.element_size()
+    grad = buffer[start:start + h.numel()].view(h.shape)
+    madvise(grad.data_ptr(), grad.nbytes, _MADV_HUGEPAGE)  # advice: a failure only costs speed
+    return grad
+
+
 def _cpu_backward(h, norms, grad_out, closed):
     from . import _C
 
-    grad = torch.empty_like(h)
+    grad = _empty_gradient(h)
     _C.traj_length_backward(h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
     return grad
 
@@ -195,7 +288,7 @@ def _numba_forward(h, closed):
 
 
 def _numba_backward(h, norms, grad_out, closed):
-    grad = torch.empty_like(h)
+    grad = _empty_gradient(h)
     _numba_kernels()[1](h.numpy(), norms.numpy(), float(grad_out), closed, grad.numpy())
     return grad
 
@@ -209,15 +302,20 @@ def _torch_forward(h, closed):
     return norms.sum().to(h.dtype), norms
 
 
-def _torch_backward(h, norms, grad_out, closed):
-    safe = torch.where(norms > 0, norms, 1.0).to(h.dtype)  # zero segments are zero rows: 0 / 1 = 0
-    units = _torch_segments(h, closed) / safe[:, None] * grad_out
+def _torch_scatter_segments(units, closed):
+    """The gradient of a path length whose segments have the gradients ``units`` (S, D): each
+    row gets its incoming segment's and loses its outgoing segment's."""
     if closed:
         return torch.roll(units, 1, 0) - units
-    grad = torch.zeros_like(h)
+    grad = units.new_zeros((units.shape[0] + 1, units.shape[1]))
     grad[1:] += units
     grad[:-1] -= units
     return grad
+
+
+def _torch_backward(h, norms, grad_out, closed):
+    safe = torch.where(norms > 0, norms, 1.0).to(h.dtype)  # zero segments are zero rows: 0 / 1 = 0
+    return _torch_scatter_segments(_torch_segments(h, closed) / safe[:, None] * grad_out, closed)
 
 
 # Launch geometry of csrc/cuda/traj_length.cu (twins of TL_THREADS, TL_CHUNK, TL_ROWS).

@@ -87,6 +87,25 @@ def test_large_inputs_use_every_code_path(impl, shape):
         torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
+def test_gradients_from_32_mib_up_are_plain_tensors_in_huge_pages(impl):
+    """The large-gradient allocation (2 MiB-aligned view, advised into huge pages on Linux)
+    gives the right gradient, with h's shape and strides, that autograd accumulates as usual."""
+    if impl[0] not in ("cpu", "numba"):
+        pytest.skip("only the cpu and numba backwards allocate this way")
+    h = randn(4, 2_100_001, dtype=torch.float32, seed=10).requires_grad_()
+    assert h.nbytes >= autograd._HUGE_PAGES_FROM
+    run(impl, h, True).backward()
+    grad = h.grad
+    assert grad.shape == h.shape and grad.stride() == h.stride() and grad.dtype == h.dtype
+    if autograd._madvise() is not None:
+        assert grad.data_ptr() % autograd._HUGE_PAGE == 0
+    reference = h.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(plain(reference, True), reference)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-4, atol=1e-6)
+    run(impl, h, True).backward()  # accumulates into the same gradient
+    torch.testing.assert_close(h.grad.double(), 2 * expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("closed", [False, True])
 def test_zero_length_segments_give_finite_zero_gradients(impl, closed):
     h = torch.ones(5, 3, dtype=torch.float64, device=impl[1], requires_grad=True)
@@ -124,14 +143,104 @@ def test_gradient_scales_with_upstream_gradient(impl):
     torch.testing.assert_close(grad, expected)
 
 
-def test_double_backward_is_refused(impl):
-    h = randn(4, 3, device=impl[1]).requires_grad_()
-    (grad,) = torch.autograd.grad(run(impl, h) ** 2, h, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.sum().backward()
-    (grad,) = torch.autograd.grad(run(impl, h), h, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad"):  # not a silent zero
-        grad.sum().backward()
+def reference_hessian(h, closed):
+    """The Hessian of the path length of the rows of ``h`` (B, D), written plainly in float64:
+    segment a -> b with difference d != 0 adds P = (I - u u^T) / ||d||, u = d / ||d||, to the
+    blocks (a, a) and (b, b) and subtracts it from (a, b) and (b, a); a zero-length segment adds
+    nothing (fastexpr's convention)."""
+    h = np.asarray(h, dtype=np.float64)
+    b, d = h.shape
+    hessian = np.zeros((b, d, b, d))
+    for a in range(b if closed else b - 1):
+        nxt = (a + 1) % b
+        diff = h[nxt] - h[a]
+        norm = np.sqrt(np.sum(diff * diff))
+        if norm == 0.0:
+            continue
+        u = diff / norm
+        p = (np.eye(d) - np.outer(u, u)) / norm
+        for i, j, sign in ((a, a, 1), (nxt, nxt, 1), (a, nxt, -1), (nxt, a, -1)):
+            hessian[i, :, j, :] += sign * p
+    return hessian.reshape(b * d, b * d)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3), (3, 1), (7, 5)])
+def test_gradgradcheck(impl, closed, shape):
+    h = randn(*shape, device=impl[1], seed=4).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: run(impl, x, closed), (h,))
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_gradgradcheck_through_zero_length_segments(impl, closed):
+    """Rows that stay equal under every perturbation: a segment of length zero throughout, whose
+    zero contribution to every derivative is then exact."""
+    x = randn(5, 3, device=impl[1], seed=5).requires_grad_()
+
+    def repeated(x):
+        return run(impl, torch.cat([x[:2], x[1:2], x[2:], x[:1]]), closed)  # rows 1 = 2, 0 = last
+
+    assert torch.autograd.gradgradcheck(repeated, (x,))
+
+
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("repeat", [False, True])
+def test_hessian_matches_reference(impl, closed, repeat):
+    h = randn(6, 4, device=impl[1], seed=6)
+    if repeat:
+        h[3] = h[2]  # an isolated zero-length segment
+        h[5] = h[0]
+    hessian = torch.autograd.functional.hessian(lambda x: run(impl, x, closed), h)
+    expected = reference_hessian(h.cpu().numpy(), closed)
+    np.testing.assert_allclose(hessian.cpu().reshape(24, 24).numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_double_backward_through_a_gradient_penalty(impl, dtype):
+    """The issue's case: the gradient taken with create_graph=True, then backward through a
+    penalty on it, gives the reference Hessian-vector product, not a silently dropped term."""
+    h = randn(7, 3, device=impl[1], seed=7).to(dtype).requires_grad_()
+    (grad,) = torch.autograd.grad(2.0 * run(impl, h, True), h, create_graph=True)
+    assert grad.requires_grad
+    (grad * grad).sum().backward()
+    flat_grad = grad.detach().cpu().double().reshape(-1).numpy()
+    expected = 2 * 2.0 * reference_hessian(h.detach().cpu().numpy(), True) @ flat_grad  # d/dh sum(grad^2)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(h.grad.cpu().double().reshape(-1).numpy(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["cpu", "numba", "torch"])
+def test_compile_fullgraph_matches_eager(name):
+    """torch.compile(fullgraph=True) sees the custom ops: same value and gradient as eager.
+    (aot_eager keeps the test fast; it traces the same graph that inductor would compile.)"""
+    reason = autograd.unavailable_reason(name, "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+
+    def both(h):
+        return trajectory_length(h, backend=name) + 2.0 * trajectory_length(h, closed=True, backend=name)
+
+    compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
+    for shape, dtype in (((7, 5), torch.float64), ((9, 2, 3), torch.float32)):
+        h = randn(*shape, dtype=dtype, seed=8).requires_grad_()
+        value = compiled(h)
+        (grad,) = torch.autograd.grad(value, h)
+        expected = both(h)
+        (expected_grad,) = torch.autograd.grad(expected, h)
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
+def test_custom_ops_pass_opcheck():
+    """The registrations (schema, fake kernels, autograd) are consistent, per torch.library."""
+    h = randn(6, 4, seed=9).requires_grad_()
+    for name in autograd.available("cpu"):
+        forward = torch.library.opcheck(autograd._forward_op, (h, True, name))
+        assert all(v == "SUCCESS" for v in forward.values()), forward
+        norms = autograd._forward_op(h.detach(), True, name)[1]
+        backward = torch.library.opcheck(autograd._backward_op, (h.detach(), norms, torch.tensor(1.5), True, name),
+                                         test_utils=("test_schema", "test_faketensor"))
+        assert all(v == "SUCCESS" for v in backward.values()), backward
 
 
 def test_bad_input():

@@ -165,11 +165,12 @@ py::tuple traj_length_forward(const py::array& h, bool closed) {
   const auto [b, d] = check_rows(h);
   py::array_t<double> norms(closed ? b : b - 1);
   double* n = norms.mutable_data();
+  const bool f32 = is_float32(h);  // with the GIL: dtype() makes a Python reference
   double total;
   {
     py::gil_scoped_release release;
-    total = is_float32(h) ? forward(static_cast<const float*>(h.data()), b, d, closed, n)
-                          : forward(static_cast<const double*>(h.data()), b, d, closed, n);
+    total = f32 ? forward(static_cast<const float*>(h.data()), b, d, closed, n)
+                : forward(static_cast<const double*>(h.data()), b, d, closed, n);
   }
   return py::make_tuple(total, norms);
 }
@@ -187,8 +188,9 @@ void traj_length_backward(const py::array& h, const py::array& norms, double gra
   if (ob < hb + h.nbytes() && hb < ob + out.nbytes()) throw py::value_error("out must not overlap h");
   const double* n = static_cast<const double*>(norms.data());
   void* o = out.mutable_data();
+  const bool f32 = is_float32(h);  // with the GIL: dtype() makes a Python reference
   py::gil_scoped_release release;
-  if (is_float32(h))
+  if (f32)
     backward(static_cast<const float*>(h.data()), n, grad_out, b, d, closed, static_cast<float*>(o));
   else
     backward(static_cast<const double*>(h.data()), n, grad_out, b, d, closed, static_cast<double*>(o));
