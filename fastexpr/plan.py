@@ -135,7 +135,7 @@ class Plan:
 #: ``DistinctHashes`` merges its waiting hashes once they are this fraction of the kept ones ...
 MERGE_FRACTION = 1 / 8
 #: ... or at least this many (a merge costs a pass over the kept ones).
-MERGE_AT_LEAST = 1 << 20
+MERGE_AT_LEAST = 1 << 16
 #: Kept hashes moved per step of a merge (bounds its temporary arrays).
 MERGE_BLOCK = 1 << 18
 
@@ -164,13 +164,23 @@ def distinct_sorted(hashes) -> np.ndarray:
     return _dedupe(np.sort(_uint64_hashes(hashes)))
 
 
-def _contains(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Which of ``values`` occur in the sorted array ``ordered`` (bool mask)."""
+def _sorted_distinct(hashes: np.ndarray) -> np.ndarray:
+    """``hashes`` itself when already strictly increasing (as the backends return them), else ``distinct_sorted``."""
+    return hashes if np.all(hashes[1:] > hashes[:-1]) else distinct_sorted(hashes)
+
+
+def _absent(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` do not occur in the sorted array ``ordered`` (bool mask; temporaries
+    bounded by MERGE_BLOCK)."""
+    out = np.ones(values.size, bool)
     if ordered.size == 0:
-        return np.zeros(values.size, bool)
-    at = np.searchsorted(ordered, values)
-    np.minimum(at, ordered.size - 1, out=at)
-    return ordered[at] == values
+        return out
+    for start in range(0, values.size, MERGE_BLOCK):
+        part = values[start:start + MERGE_BLOCK]
+        at = np.searchsorted(ordered, part)
+        np.minimum(at, ordered.size - 1, out=at)
+        np.not_equal(ordered[at], part, out=out[start:start + part.size])
+    return out
 
 
 class DistinctHashes:
@@ -192,8 +202,8 @@ class DistinctHashes:
 
     def add(self, hashes) -> "DistinctHashes":
         """Add a uint64 array of hashes (any order, repeats allowed)."""
-        fresh = distinct_sorted(hashes)
-        fresh = fresh[~_contains(self._kept, fresh)]
+        fresh = _sorted_distinct(_uint64_hashes(hashes))
+        fresh = fresh[_absent(self._kept, fresh)]
         if fresh.size:
             self._waiting.append(fresh)
             self._n_waiting += fresh.size
