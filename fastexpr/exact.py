@@ -17,7 +17,7 @@ import numpy as np
 
 from . import backends
 from .network import Network
-from .plan import ARC, CIRCLE, LINE, POLYLINE, OverflowInForwardPass
+from .plan import ARC, CIRCLE, LINE, POLYLINE, DistinctHashes, OverflowInForwardPass
 from .result import Result
 from .trajectory import Trajectory
 
@@ -148,7 +148,7 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
     pattern_changes = np.zeros(depth, np.int64)
     network_changes = repairs = 0
     lengths = np.zeros(depth + 1)
-    hashes, crossings = [], []
+    seen, crossings = DistinctHashes(), []  # the piece hashes, kept sorted and distinct
     first = prev_last = None
     disable = (n < 4 * per_batch) if progress is None else not progress
     with tqdm(total=n, unit="unit", disable=disable, desc=f"fastexpr exact[{module.NAME}]") as bar:
@@ -169,7 +169,7 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
             lens = out["lengths"].copy()
             lens[:, 0] *= units.in_scale[sl]
             lengths += lens.sum(axis=0)
-            hashes.append(out["hashes"])
+            seen.add(out["hashes"])
             if max_crossings > 0:
                 unit, u, layer, neuron, c_from, c_to = out["crossings"]
                 rec = np.empty(unit.size, CROSSING_DTYPE)
@@ -197,7 +197,7 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
         record = np.concatenate(crossings) if crossings else np.empty(0, CROSSING_DTYPE)
         record = np.sort(record, order=("t", "layer", "neuron"))[:max_crossings]
     return ExactTotals(transitions, pattern_changes, network_changes,
-                       int(np.unique(np.concatenate(hashes)).size), lengths, repairs, record, module.NAME)
+                       len(seen), lengths, repairs, record, module.NAME)
 
 
 def _count_joins(net, codes_from, codes_to, t, transitions, pattern_changes, crossings, max_crossings):

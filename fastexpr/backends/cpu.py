@@ -4,7 +4,7 @@ Tiles of ``TILE`` consecutive samples (the first shared with the previous tile) 
 parallel on OpenMP threads (as many as ``fastexpr._threads.current()``, passed explicitly);
 each tile's activations stay in cache through all layers, so nothing of size N x width is
 ever stored. Very wide layers get shorter tiles, so that a thread's buffers stay within
-``WORKSPACE_BYTES``.
+``WORKSPACE_BYTES`` (down to 16 samples).
 """
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ NAME = "cpu"
 TILE = 256  # samples per tile (the first shared with the previous tile); see bench/notes_cpu.md
 #: Bytes of tile buffers per thread the tile length aims at (two (width, tile) arrays and per-sample scratch).
 WORKSPACE_BYTES = 64 << 20
+#: The kernel's buffer layout, at its widest (AVX-512 float32): a tile rounded up to blocks of
+#: ``BLOCK`` samples, plus ``PAD`` columns of left padding; rows: the widest layer rounded up to
+#: ``ROW_PAD``, plus one.
+BLOCK, PAD, ROW_PAD = 32, 16, 8
 
 
 def _extension():
@@ -39,10 +43,11 @@ def probe() -> None:
 
 
 def tile_for(plan: Plan) -> int:
-    """Samples per tile: TILE, or fewer where a layer is so wide that two ``(width, TILE)``
-    buffers would exceed WORKSPACE_BYTES (at least 16: the kernel rounds a tile up to whole vector blocks anyway)."""
-    per_sample = 2 * max(plan.widths[1:]) * np.dtype(plan.dtype).itemsize + 64
-    return int(min(TILE, max(16, WORKSPACE_BYTES // per_sample)))
+    """Samples per tile: TILE, or fewer where a layer is so wide that the thread's two tile buffers
+    would exceed WORKSPACE_BYTES (at least 16)."""
+    rows = -(-max(plan.widths[1:]) // ROW_PAD) * ROW_PAD + 1
+    columns = WORKSPACE_BYTES // (2 * rows * np.dtype(plan.dtype).itemsize) - PAD
+    return int(min(TILE, max(16, columns // BLOCK * BLOCK)))
 
 
 def run(plan: Plan, start: int, stop: int) -> Partials:

@@ -27,7 +27,7 @@ from time import perf_counter
 
 import numpy as np
 
-from ..plan import Partials, Plan, check_forward_pass, pattern_keys
+from ..plan import Partials, Plan, check_forward_pass, distinct_sorted, pattern_keys
 from . import cuda_compile
 
 from .cuda_exact import EXACT_UNITS, exact_walk  # noqa: F401  (the exact engine on the GPU)
@@ -394,7 +394,7 @@ def partials(out: dict, found: list[list[np.ndarray]]) -> list[Partials]:
     return [
         Partials(transitions=out["trans"][b].astype(np.int64), pattern_changes=out["pcs"][b].astype(np.int64),
                  network_changes=int(out["net"][b]), lengths=out["lengths"][b].copy(),
-                 run_hashes=np.unique(np.concatenate(found[b])))
+                 run_hashes=distinct_sorted(np.concatenate(found[b])))
         for b in range(len(found))
     ]
 

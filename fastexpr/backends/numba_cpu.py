@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _threads
-from ..plan import ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
+from ..plan import (ARC, CIRCLE, HARDTANH, IDENTITY, LINE, POLYLINE, RELU, Partials, check_forward_pass,
+                    distinct_sorted, pattern_keys)
 
 from . import numba_exact
 
@@ -476,4 +477,4 @@ def run(plan, start: int, stop: int) -> Partials:
         network_changes += int(nc)
         lengths += ln
         hashes.append(hs)
-    return Partials(transitions, pattern_changes, network_changes, lengths, np.unique(np.concatenate(hashes)))
+    return Partials(transitions, pattern_changes, network_changes, lengths, distinct_sorted(np.concatenate(hashes)))

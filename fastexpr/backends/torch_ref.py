@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import _threads
-from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, pattern_keys
+from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, distinct_sorted, pattern_keys
 
 NAME = "torch"
 
@@ -224,4 +224,4 @@ def run(plan, start: int, stop: int) -> Partials:
     check_forward_pass(plan, int(np.argmax(nonfinite)) + 1 if nonfinite.any() else 0)
     run_hashes = torch.cat(hashes).cpu().numpy().view(np.uint64)
     return Partials(totals["transitions"].cpu().numpy(), totals["pattern_changes"].cpu().numpy(),
-                    int(totals["network_changes"]), totals["lengths"].cpu().numpy(), np.unique(run_hashes))
+                    int(totals["network_changes"]), totals["lengths"].cpu().numpy(), distinct_sorted(run_hashes))
