@@ -10,6 +10,7 @@ from .measure import PrecisionWarning, SaturationWarning, make_plan, measure
 from .network import Network, from_arrays, from_torch, random_mlp
 from .plan import OverflowInForwardPass
 from .result import Result
+from .sweep import load_sweep, measure_sharded, sweep
 from .trajectory import Trajectory, arc, great_circle, line, points, polyline
 
 __version__ = "0.1.0"
@@ -26,6 +27,6 @@ def __getattr__(name):
 
 __all__ = [
     "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
-    "available_backends", "crossings", "from_arrays", "from_torch", "great_circle", "line", "make_plan", "measure",
-    "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
+    "available_backends", "crossings", "from_arrays", "from_torch", "great_circle", "line", "load_sweep", "make_plan",
+    "measure", "measure_sharded", "missing_backends", "points", "polyline", "random_mlp", "sweep", "trajectory_length",
 ]

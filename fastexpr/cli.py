@@ -1,4 +1,4 @@
-"""The ``fastexpr`` command: ``measure``, ``demo``, ``experiment``, ``backends``."""
+"""The ``fastexpr`` command: ``measure``, ``demo``, ``experiment``, ``sweep``, ``plot-sweep``, ``backends``."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,81 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _read_config(path: str) -> dict:
+    """A sweep's TOML file: a ``[grid]`` table and optionally ``out``, ``threads``, ``workers``, ``address``."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        raise ValueError("reading a TOML sweep file needs Python 3.11 or later (tomllib)") from None
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(config) - {"grid", "out", "threads", "workers", "address"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected grid, out, threads, workers, address")
+    if not isinstance(config.get("grid"), dict):
+        raise ValueError(f"{path} has no [grid] table (parameter names and their lists of values)")
+    return config
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    if args.address and not args.ray:
+        raise ValueError("--address names a Ray cluster: add --ray")
+    config = _read_config(args.config)
+    out = args.out or config.get("out")
+    if not out:
+        raise ValueError("no output folder: give --out or out = '...' in the sweep file")
+    try:
+        n = sweep(config["grid"], out, executor="ray" if args.ray else "local",
+                  threads=args.threads or config.get("threads"), workers=args.workers or config.get("workers"),
+                  address=args.address or config.get("address"))
+    except (ImportError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+    print(f"{n} cells measured; results in {out}")
+    return 0
+
+
+def cmd_plot_sweep(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sweep import load_sweep
+
+    try:
+        df = load_sweep(args.path)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    df = df[df["error"].isna()]
+    if df.empty:
+        raise ValueError(f"{args.path} holds no successful cells to plot")
+    df = df.assign(total_transitions=df["transitions"].map(sum), length_ratio=df["lengths"].map(lambda v: v[-1] / v[0]))
+    os.makedirs(args.out, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for sigma_w, group in df.groupby("sigma_w"):
+        means = group.groupby("depth")[["total_transitions", "length_ratio"]].mean()
+        axes[0].plot(means.index, means["total_transitions"], "o-", label=f"sigma_w = {sigma_w:g}")
+        axes[1].plot(means.index, means["length_ratio"], "o-", label=f"sigma_w = {sigma_w:g}")
+        axes[2].loglog(group["length_ratio"], group["total_transitions"], "o", label=f"sigma_w = {sigma_w:g}")
+    axes[0].set(xlabel="depth", ylabel="transitions (all layers, mean)", yscale="log", title="Transitions vs depth")
+    axes[1].set(xlabel="depth", ylabel="length ratio (last / input, mean)", yscale="log", title="Length vs depth")
+    axes[2].set(xlabel="length ratio (last / input)", ylabel="transitions (all layers)", title="Transitions vs length")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(args.out, "sweep.png")
+    fig.savefig(path, dpi=110)
+    print(f"{len(df)} cells plotted: {path}")
+    return 0
+
+
 def _needs(module: str, package: str, func):
     """``func``, preceded by a check that the optional ``module`` can be imported."""
     def run(args):
@@ -168,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     r = esub.add_parser("regularization", help="trajectory regularisation vs batch norm on the digits data (sec. 3.3)")
     regularization.add_arguments(r)
     r.set_defaults(func=_needs("sklearn", "scikit-learn", regularization.main))
+
+    s = sub.add_parser("sweep", help="measure every cell of a grid (TOML file) into a Parquet folder; resumable")
+    s.add_argument("config", help="TOML file with a [grid] table (examples/sweep.toml)")
+    s.add_argument("--out", default=None, help="output folder (default: the file's out)")
+    s.add_argument("--ray", action="store_true", help="run the cells as Ray tasks (pip install 'fastexpr[ray]')")
+    s.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: a local Ray)")
+    s.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per cell")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="local processes (default: cores // threads; 1: in this process)")
+    s.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot-sweep", help="transitions and length vs depth per sigma_w, transitions vs length")
+    p.add_argument("path", help="a sweep's output folder")
+    p.add_argument("--out", default="fastexpr_sweep_plots", help="folder for sweep.png")
+    p.set_defaults(func=_needs("matplotlib", "matplotlib", cmd_plot_sweep))
 
     b = sub.add_parser("backends", help="list the backends that work here, and why the others do not")
     b.set_defaults(func=cmd_backends)

@@ -129,17 +129,23 @@ class ExactTotals:
     repairs: int
     crossings: np.ndarray | None
     backend: str
+    hashes: np.ndarray | None = None      # the distinct piece hashes, sorted (for merging shards)
+    first_code: np.ndarray | None = None  # codes of the first and last piece walked (shard joins)
+    last_code: np.ndarray | None = None
 
 
 def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossings: int = 0,
-         progress: bool | None = None, n_units: int | None = None) -> ExactTotals:
-    """Exact counts of ``trajectory`` through ``net``; ``max_crossings`` > 0 also records crossings."""
+         progress: bool | None = None, n_units: int | None = None, unit_range=None) -> ExactTotals:
+    """Exact counts of ``trajectory`` through ``net``; ``max_crossings`` > 0 also records crossings.
+    ``unit_range=(a, b)`` walks units a..b-1 only (one shard, merged by fastexpr.sweep), without
+    the wrap-around join of a closed trajectory."""
     from tqdm.auto import tqdm
 
     module = _backend(backend)
     units = make_units(net, trajectory, n_units or getattr(module, "EXACT_UNITS", None))
     depth, total = net.depth, sum(net.widths[1:])
-    n = units.u0.size
+    lo, hi = unit_range or (0, units.u0.size)
+    n = hi - lo
     per_batch = max(1, min(n, CODES_PER_BATCH // max(1, total)))
     weights = [np.ascontiguousarray(w) for w in net.weights[1:]]
     biases = [np.ascontiguousarray(b) for b in net.biases[1:]]
@@ -152,8 +158,8 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
     first = prev_last = None
     disable = (n < 4 * per_batch) if progress is None else not progress
     with tqdm(total=n, unit="unit", disable=disable, desc=f"fastexpr exact[{module.NAME}]") as bar:
-        for a in range(0, n, per_batch):
-            b = min(n, a + per_batch)
+        for a in range(lo, hi, per_batch):
+            b = min(hi, a + per_batch)
             sl = slice(a, b)
             out = module.exact_walk(units.kind, weights, biases, acts, units.k0[sl], units.k1[sl],
                                     units.k2[sl] if units.kind == TRIG_UNIT else units.k2, units.u0[sl], units.u1[sl],
@@ -188,7 +194,7 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
             network_changes += int((joins_from != joins_to).any(axis=1).sum())
             prev_last = lasts[-1].copy()
             bar.update(b - a)
-    if units.closed:  # t = 1 is t = 0: the wrap point is a crossing point if the patterns differ there
+    if units.closed and unit_range is None:  # t = 1 is t = 0: a crossing point if the patterns differ there
         _count_joins(net, prev_last[None], first[None], np.zeros(1), transitions, pattern_changes, crossings,
                      max_crossings)
         network_changes += int((prev_last != first).any())
@@ -196,8 +202,9 @@ def walk(net: Network, trajectory: Trajectory, backend: str = "auto", max_crossi
     if max_crossings > 0:
         record = np.concatenate(crossings) if crossings else np.empty(0, CROSSING_DTYPE)
         record = np.sort(record, order=("t", "layer", "neuron"))[:max_crossings]
-    return ExactTotals(transitions, pattern_changes, network_changes,
-                       len(seen), lengths, repairs, record, module.NAME)
+    hashes = seen.sorted()
+    return ExactTotals(transitions, pattern_changes, network_changes, int(hashes.size), lengths, repairs, record,
+                       module.NAME, hashes, first, prev_last)
 
 
 def _count_joins(net, codes_from, codes_to, t, transitions, pattern_changes, crossings, max_crossings):

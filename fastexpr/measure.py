@@ -170,10 +170,9 @@ def _check_limits(widths, n_points: int, n_trajectories: int) -> None:
                          "use fewer points, or exact=True")
 
 
-def _chunks(n_points: int, chunk):
-    """Sample ranges [start, stop) covering 0..n_points-1, neighbours sharing one sample; ``chunk``
+def _chunks(n_points: int, chunk, start: int = 0):
+    """Sample ranges [start, stop) covering start..n_points-1, neighbours sharing one sample; ``chunk``
     is a number of samples or a callable giving the next one."""
-    start = 0
     while start < n_points - 1:
         stop = min(start + max(2, chunk() if callable(chunk) else chunk), n_points)
         yield start, stop
@@ -206,8 +205,9 @@ class _ChunkSizer:
         self.size = self._clamp(min(target, 4 * samples))
 
 
-def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
-    """Every plan through ``module`` chunk by chunk, with an optional progress bar."""
+def _run(module, plans: list[Plan], n_points: int, progress, start: int = 0) -> list[Partials]:
+    """Samples ``start .. n_points-1`` of every plan through ``module`` chunk by chunk, with an
+    optional progress bar (``start`` > 0: one shard of a trajectory, fastexpr.sweep)."""
     from tqdm.auto import tqdm
 
     sizer = None
@@ -217,29 +217,41 @@ def _run(module, plans: list[Plan], n_points: int, progress) -> list[Partials]:
         chunk = max(2, int(module.chunk_points(plans)))
     else:
         sizer = chunk = _ChunkSizer(module, plans, _threads.current())
-    total = (n_points - 1) * len(plans)
+    total = (n_points - 1 - start) * len(plans)
     if progress is None:  # tqdm's disable=None: shown on a terminal only
         disable = None if total >= PROGRESS_FROM else True
     else:
         disable = not progress
     totals: list[Partials | None] = [None] * len(plans)
     with tqdm(total=total, unit="pair", unit_scale=True, disable=disable, desc=f"fastexpr[{module.NAME}]") as bar:
-        for start, stop in _chunks(n_points, chunk):
+        for a, b in _chunks(n_points, chunk, start):
             if sizer is not None:
                 sizer.start()
             if hasattr(module, "run_batch") and len(plans) > 1:
-                parts = module.run_batch(plans, start, stop)
+                parts = module.run_batch(plans, a, b)
             else:
-                parts = [module.run(plan, start, stop) for plan in plans]
+                parts = [module.run(plan, a, b) for plan in plans]
             if sizer is not None:
-                sizer.done(stop - start)
+                sizer.done(b - a)
             for i, part in enumerate(parts):
                 if totals[i] is None:
                     totals[i] = part
                 else:
                     totals[i] += part
-            bar.update((stop - start - 1) * len(plans))
+            bar.update((b - a - 1) * len(plans))
     return totals
+
+
+def result_of(parts: list[Partials], net: Network, n_points: int, dtype: str, backend: str, trajs) -> Result:
+    """The batched Result of the merged partials of each trajectory in ``trajs``."""
+    return Result(
+        transitions=np.stack([p.transitions for p in parts]).astype(np.int64),
+        pattern_changes=np.stack([p.pattern_changes for p in parts]).astype(np.int64),
+        network_changes=np.array([p.network_changes for p in parts], dtype=np.int64),
+        distinct_patterns=np.array([p.distinct().size for p in parts], dtype=np.int64),
+        lengths=np.stack([p.lengths for p in parts]).astype(np.float64),
+        n_points=n_points, widths=net.widths, activations=net.activations, dtype=dtype, backend=backend,
+        trajectories=tuple(t.name for t in trajs))
 
 
 def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float64",
@@ -293,15 +305,7 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     module = backends.resolve(backend, plans[0].device, plans)
     with _threads.using(threads):
         parts = _run(module, plans, n, progress)
-    fields = dict(
-        transitions=np.stack([p.transitions for p in parts]).astype(np.int64),
-        pattern_changes=np.stack([p.pattern_changes for p in parts]).astype(np.int64),
-        network_changes=np.array([p.network_changes for p in parts], dtype=np.int64),
-        distinct_patterns=np.array([p.distinct().size for p in parts], dtype=np.int64),
-        lengths=np.stack([p.lengths for p in parts]).astype(np.float64),
-    )
-    result = Result(**fields, n_points=n, widths=net.widths, activations=net.activations,
-                    dtype=plans[0].dtype.name, backend=module.NAME, trajectories=tuple(t.name for t in trajs))
+    result = result_of(parts, net, n, plans[0].dtype.name, module.NAME, trajs)
     saturation = float(np.max(result.saturation))
     if saturation > SATURATION_WARN_ABOVE:
         warnings.warn(f"{saturation:.1%} of consecutive sample pairs change pattern (more than "
