@@ -1,10 +1,10 @@
 """Memory of the distinct-pattern hashes and of the backends' buffers (bench/RESULTS.md section 9).
 
     python bench/bench_memory.py hashes     # Partials merge: traced bytes per distinct pattern
-    python bench/bench_memory.py run        # measure() on random points: millions of distinct patterns
+    python bench/bench_memory.py run        # the cpu backend's chunked run on 2M random points: 2M distinct patterns
     python bench/bench_memory.py wide       # peak RSS of one very wide layer, per backend (own process each)
 
-Peaks of Python/NumPy memory are tracemalloc's (the C++ and numba workspaces are not traced);
+Peaks of Python/NumPy memory are tracemalloc's (numba's arrays are traced, the C++ kernel's and torch's not);
 ``wide`` reports the process's peak RSS (VmHWM, reset before the call) minus its RSS before it.
 """
 from __future__ import annotations

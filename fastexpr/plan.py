@@ -164,7 +164,7 @@ def distinct_sorted(hashes) -> np.ndarray:
     return _dedupe(np.sort(_uint64_hashes(hashes)))
 
 
-def _sorted_distinct(hashes: np.ndarray) -> np.ndarray:
+def _ensure_distinct_sorted(hashes: np.ndarray) -> np.ndarray:
     """``hashes`` itself when already strictly increasing (as the backends return them), else ``distinct_sorted``."""
     return hashes if np.all(hashes[1:] > hashes[:-1]) else distinct_sorted(hashes)
 
@@ -202,7 +202,7 @@ class DistinctHashes:
 
     def add(self, hashes) -> "DistinctHashes":
         """Add a uint64 array of hashes (any order, repeats allowed)."""
-        fresh = _sorted_distinct(_uint64_hashes(hashes))
+        fresh = _ensure_distinct_sorted(_uint64_hashes(hashes))
         fresh = fresh[_absent(self._kept, fresh)]
         if fresh.size:
             self._waiting.append(fresh)

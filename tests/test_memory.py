@@ -108,6 +108,21 @@ def test_distinct_counts_across_many_chunks_match_one_call():
     assert part.network_changes == whole.network_changes
 
 
+def test_exact_piece_hashes_merged_across_batches(monkeypatch):
+    """The exact engine cut into one unit per batch counts the same distinct patterns as in one batch."""
+    from fastexpr import exact
+
+    backend_or_skip("cpu")
+    net = fx.random_mlp(3, 12, 3, activation="relu", sigma_w=3.0, sigma_b=0.5, seed=4)
+    traj = fx.great_circle(*np.random.default_rng(4).standard_normal((2, 3)))
+    whole = fx.measure(net, traj, exact=True, backend="cpu")
+    monkeypatch.setattr(exact, "CODES_PER_BATCH", 1)
+    monkeypatch.setattr(plan_module, "MERGE_AT_LEAST", 3)
+    cut = fx.measure(net, traj, exact=True, backend="cpu")
+    assert cut.distinct_patterns == whole.distinct_patterns > 20
+    assert cut.network_changes == whole.network_changes
+
+
 WIDE = (1 << 16, 1 << 20)
 
 
