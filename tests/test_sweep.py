@@ -63,6 +63,10 @@ def test_cells_product_and_validation():
         sw.cells([("depth", 3)])
     with pytest.raises(ValueError, match="executor must be"):
         fx.sweep(dict(depth=2), "x", executor="dask")
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        fx.sweep(dict(depth=2), "x", threads=0)
+    with pytest.raises(ValueError, match="workers must be"):
+        fx.sweep(dict(depth=2), "x", workers=0)
 
 
 def test_local_rows_match_measure(tmp_path):
@@ -200,6 +204,16 @@ def test_ray_same_rows_as_local(ray, tmp_path):
     fx.sweep(GRID, tmp_path / "local", workers=1, progress=False)
     assert fx.sweep(GRID, tmp_path / "ray", executor="ray", progress=False) == 32
     assert_same_rows(rows(tmp_path / "local"), rows(tmp_path / "ray"))
+
+
+def test_ray_cli(ray, tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text("[grid]\ndepth = [2, 3]\nwidth = 8\ninput_dim = 4\nexact = [false, true]\nn_points = 500\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "o"), "--ray"]) == 0  # the Ray already running
+    assert "4 cells measured" in capsys.readouterr().out
+    df = fx.load_sweep(tmp_path / "o")
+    assert sorted(df["exact"]) == [False, False, True, True] and df["error"].isna().all()
+    assert df[df.exact]["n_points"].isna().all()
 
 
 def test_ray_interrupted_then_resumed_has_every_cell_once(ray, tmp_path, monkeypatch):
