@@ -102,7 +102,7 @@ def cells(grid) -> list[dict]:
     axes = {}
     for key in DEFAULTS:
         values = grid.get(key, DEFAULTS[key])
-        values = list(values) if isinstance(values, (list, tuple, range)) else [values]
+        values = list(values) if isinstance(values, (list, tuple, range, np.ndarray)) else [values]
         if not values:
             raise ValueError(f"grid[{key!r}] is an empty list: the grid would have no cells")
         axes[key] = [_check_value(key, v) for v in values]
@@ -277,10 +277,13 @@ def _sweep_local(todo: list[dict], out: str, threads, workers: int, bar) -> int:
                 if not pending:
                     return done
                 finished, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
+                failed = [f for f in finished if f.exception() is not None]
+                for future in finished - set(failed):  # the others' rows are kept before a failure is raised
                     _write_row(out, future.result())
                     done += 1
                     bar.update()
+                if failed:
+                    failed[0].result()
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -324,7 +327,8 @@ def _sweep_ray(ray, todo: list[dict], out: str, threads, address, bar) -> int:
 # ---------------------------------------------------------------- one trajectory in shards
 
 def _map(executor: str, fn, jobs: list[tuple], threads, workers: int, address, gpus: int) -> list:
-    """``[fn(*job) for job in jobs]``, in order: in this process, a spawn pool, or Ray tasks."""
+    """``[fn(*job) for job in jobs]``, in order: in this process, a spawn pool, or Ray tasks (the
+    jobs' first two arguments, the same in every job, are put in Ray's object store once)."""
     if executor == "ray":
         ray = _need_ray()
         _ray_init(ray, address)

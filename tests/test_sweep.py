@@ -17,8 +17,20 @@ from fastexpr.cli import _trajectory, main
 
 sw = importlib.import_module("fastexpr.sweep")  # the module (fastexpr.sweep is also the function)
 
-pa = pytest.importorskip("pyarrow", reason="sweeps write Parquet (pip install 'fastexpr[ray]')")
-pytest.importorskip("pandas", reason="load_sweep returns a DataFrame (pip install 'fastexpr[ray]')")
+
+
+def _installed(*names: str) -> bool:
+    try:
+        for name in names:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+# Sweeps write Parquet (pyarrow) and load_sweep returns a DataFrame (pandas); shards need neither.
+needs_parquet = pytest.mark.skipif(not _installed("pyarrow", "pandas"),
+                                   reason="sweeps need pyarrow and pandas (pip install 'fastexpr[ray]')")
 
 GRID = dict(depth=[2, 5], width=[16, 32], input_dim=6, sigma_w=[1.0, 8.0], sigma_b=0.5, seed=[0, 1],
             trajectory=["arc", "great_circle"], n_points=4001)  # 32 cells, each a few ms
@@ -63,8 +75,13 @@ def test_cells_product_and_validation():
         sw.cells([("depth", 3)])
     with pytest.raises(ValueError, match="executor must be"):
         fx.sweep(dict(depth=2), "x", executor="dask")
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        fx.sweep(dict(depth=2), "x", threads=0)
+    with pytest.raises(ValueError, match="workers must be"):
+        fx.sweep(dict(depth=2), "x", workers=0)
 
 
+@needs_parquet
 def test_local_rows_match_measure(tmp_path):
     out = tmp_path / "s"
     assert fx.sweep(GRID, out, workers=1, progress=False) == 32
@@ -81,12 +98,14 @@ def test_local_rows_match_measure(tmp_path):
     assert fx.sweep(GRID, out, workers=1, progress=False) == 0  # all done: nothing re-measured
 
 
+@needs_parquet
 def test_local_pool_same_rows(tmp_path):
     fx.sweep(GRID, tmp_path / "one", workers=1, progress=False)
     fx.sweep(GRID, tmp_path / "pool", workers=2, progress=False)
     assert_same_rows(rows(tmp_path / "one"), rows(tmp_path / "pool"))
 
 
+@needs_parquet
 def test_errors_recorded_not_fatal(tmp_path):
     grid = dict(depth=3, width=8, input_dim=4, activation="identity", sigma_w=[1.0, 1e300], n_points=100)
     fx.sweep(grid, tmp_path / "e", workers=1, progress=False)
@@ -96,6 +115,7 @@ def test_errors_recorded_not_fatal(tmp_path):
     assert df[df.sigma_w == 1.0].error.isna().all()
 
 
+@needs_parquet
 def test_interrupted_then_resumed_has_every_cell_once(tmp_path, monkeypatch):
     out = tmp_path / "r"
     real, calls = sw.run_cell, []
@@ -118,6 +138,7 @@ def test_interrupted_then_resumed_has_every_cell_once(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
 
+@needs_parquet
 def test_missing_pyarrow_and_ray_say_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(ImportError, match=r"fastexpr\[ray\]"):
@@ -131,6 +152,7 @@ def test_missing_pyarrow_and_ray_say_what_to_install(tmp_path, monkeypatch, caps
     assert err.count("\n") == 1 and "Ray" in err and "fastexpr[ray]" in err
 
 
+@needs_parquet
 def test_cli_sweep_and_plot(tmp_path, capsys):
     config = tmp_path / "grid.toml"
     config.write_text('out = "ignored"\n[grid]\ndepth = [2, 3]\nwidth = 8\ninput_dim = 4\nsigma_w = [1.0, 4.0]\n'
@@ -196,12 +218,25 @@ def ray():
     ray.shutdown()
 
 
+@needs_parquet
 def test_ray_same_rows_as_local(ray, tmp_path):
     fx.sweep(GRID, tmp_path / "local", workers=1, progress=False)
     assert fx.sweep(GRID, tmp_path / "ray", executor="ray", progress=False) == 32
     assert_same_rows(rows(tmp_path / "local"), rows(tmp_path / "ray"))
 
 
+@needs_parquet
+def test_ray_cli(ray, tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text("[grid]\ndepth = [2, 3]\nwidth = 8\ninput_dim = 4\nexact = [false, true]\nn_points = 500\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "o"), "--ray"]) == 0  # the Ray already running
+    assert "4 cells measured" in capsys.readouterr().out
+    df = fx.load_sweep(tmp_path / "o")
+    assert sorted(df["exact"]) == [False, False, True, True] and df["error"].isna().all()
+    assert df[df.exact]["n_points"].isna().all()
+
+
+@needs_parquet
 def test_ray_interrupted_then_resumed_has_every_cell_once(ray, tmp_path, monkeypatch):
     out = tmp_path / "r"
     real, written = sw._write_row, []
@@ -252,6 +287,7 @@ def _running_task_pids(name: str) -> list[int]:
     return pids
 
 
+@needs_parquet
 def test_ray_worker_killed_mid_task_is_retried(ray, tmp_path):
     # Four cells of about a second each on one thread, so that one is running when the test kills it.
     grid = dict(depth=8, width=64, input_dim=6, sigma_w=2.0, seed=[0, 1, 2, 3], n_points=1 << 19)
