@@ -4,16 +4,18 @@
 // For every sample i (a row) and feature j: the region code of the pre-activation z[i, j], its
 // comparison with the code of sample i-1 (transitions, a pattern-change flag per pair), the
 // wrapping sum of fx::pattern_key(layer, j, code) over non-zero codes (the sample's hash for this
-// tap, the same keys as the MLP engine), and the squared post-activation differences
-// h[i, j] - h[i-1, j] summed per pair for the length. Rows are independent given their
-// predecessor, so OpenMP splits the rows; row i-1 is still in cache when row i reads it.
+// tap: the MLP engine's keys, computed once per call), and the squared post-activation
+// differences h[i, j] - h[i-1, j] summed per pair for the length. Each OpenMP thread takes a
+// contiguous block of rows and keeps the previous row's codes in a small int8 buffer, so every
+// element is read once from z and once from h (row i-1 of h is still in cache), and the inner
+// loop is branch-free (vectorised with `omp simd`).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <tuple>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,12 +38,12 @@ enum TapKind { STEP = 0, CLAMP = 1 };
 
 template <typename T>
 inline int tap_code(int kind, T z, T lo, T hi) {
-  if (kind == STEP) return z > lo ? 1 : 0;
-  return z < lo ? -1 : (z > hi ? 1 : 0);
+  return kind == STEP ? (int)(z > lo) : (int)(z > hi) - (int)(z < lo);
 }
 
-// One pair's length: the plain float64 sum of squares where it is safe, else a scaled sum
-// (fx::SafeSum / fx::ScaledNorm; a float difference squared in float64 is always safe).
+// One pair's length from its plain float64 sum of squares q where that is safe, else a scaled
+// sum (fx::SafeSum / fx::ScaledNorm; a float difference squared in float64 never is unsafe
+// unless it is 0, and then every difference is 0).
 template <typename T>
 inline double pair_length(const T* h, const T* hp, i64 f, double q) {
   if (q >= fx::SafeSum<double>::lo && q <= fx::SafeSum<double>::hi) return std::sqrt(q);
@@ -73,42 +75,76 @@ py::tuple reduce_tap(py::array z_arr, py::array h_arr, int kind, double lo_d, do
   int nonfinite = 0;
   {
     py::gil_scoped_release release;
+    std::vector<u64> kp(f), km(f);  // fx::pattern_key of every feature, code +1 and code -1
 #ifdef _OPENMP
     const int n_threads = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : transitions, pattern_changes, length) reduction(| : nonfinite)
+#pragma omp parallel num_threads(n_threads) reduction(+ : transitions, pattern_changes, length) reduction(| : nonfinite)
 #endif
-    for (i64 i = 0; i < b; ++i) {
-      const T* zi = zp + i * f;
-      u64 hash = 0;
-      int bad = 0;
-      if (i == 0) {
-        for (i64 j = 0; j < f; ++j) {
-          const int c = tap_code(kind, zi[j], lo, hi);
-          if (c) hash += fx::pattern_key(layer, (u64)j, c);
-          bad |= !std::isfinite(zi[j]);
-        }
-      } else {
-        const T* zq = zi - f;
-        const T* hi_row = hp + i * f;
-        const T* hq = hi_row - f;
+    {
+#ifdef _OPENMP
+      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+      const int tid = 0, nt = 1;
+#endif
+      const i64 k0 = f * tid / nt, k1 = f * (tid + 1) / nt;
+      for (i64 j = k0; j < k1; ++j) {
+        kp[j] = fx::pattern_key(layer, (u64)j, 1);
+        km[j] = fx::pattern_key(layer, (u64)j, -1);
+      }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      const i64 r0 = b * tid / nt, r1 = b * (tid + 1) / nt;
+      std::vector<int8_t> prev(r1 > r0 ? f : 0);
+      int8_t* pc = prev.data();
+      if (r0 > 0 && r1 > r0) {
+        const T* zq = zp + (r0 - 1) * f;
+        for (i64 j = 0; j < f; ++j) pc[j] = (int8_t)tap_code(kind, zq[j], lo, hi);
+      }
+      for (i64 i = r0; i < r1; ++i) {
+        const T* zi = zp + i * f;
+        const T* hr = hp + i * f;
+        const bool first = i == 0;
+        const T* hq = first ? hr : hr - f;  // row 0 has no predecessor: its differences are 0
+        u64 hash = 0;
         i64 t = 0;
         double q = 0.0;
-        for (i64 j = 0; j < f; ++j) {
-          const int c = tap_code(kind, zi[j], lo, hi);
-          const int cq = tap_code(kind, zq[j], lo, hi);
-          t += std::abs(c - cq);
-          if (c) hash += fx::pattern_key(layer, (u64)j, c);
-          bad |= !std::isfinite(zi[j]);
-          const double d = (double)hi_row[j] - (double)hq[j];
-          q += d * d;
+        int bad = 0;
+        if (kind == STEP) {
+#pragma omp simd reduction(+ : hash, t, q) reduction(| : bad)
+          for (i64 j = 0; j < f; ++j) {
+            const T v = zi[j];
+            const int c = (int)(v > lo);
+            t += std::abs(c - (int)pc[j]);
+            pc[j] = (int8_t)c;
+            hash += kp[j] & (u64)(-(i64)c);
+            bad |= (int)(v - v != T(0));  // inf - inf and NaN - NaN are NaN
+            const double d = (double)hr[j] - (double)hq[j];
+            q += d * d;
+          }
+        } else {
+#pragma omp simd reduction(+ : hash, t, q) reduction(| : bad)
+          for (i64 j = 0; j < f; ++j) {
+            const T v = zi[j];
+            const int up = (int)(v > hi), down = (int)(v < lo);
+            const int c = up - down;
+            t += std::abs(c - (int)pc[j]);
+            pc[j] = (int8_t)c;
+            hash += (kp[j] & (u64)(-(i64)up)) + (km[j] & (u64)(-(i64)down));
+            bad |= (int)(v - v != T(0));
+            const double d = (double)hr[j] - (double)hq[j];
+            q += d * d;
+          }
         }
-        transitions += t;
-        pattern_changes += t > 0;
-        chg[i - 1] = t > 0;
-        length += pair_length(hi_row, hq, f, q);
+        hsh[i] = hash;
+        nonfinite |= bad;
+        if (!first) {
+          transitions += t;
+          pattern_changes += t > 0;
+          chg[i - 1] = t > 0;
+          length += pair_length(hr, hq, f, q);
+        }
       }
-      hsh[i] = hash;
-      nonfinite |= bad;
     }
   }
   return py::make_tuple(transitions, pattern_changes, changed, hashes, length, (bool)nonfinite);

@@ -10,6 +10,8 @@ from .. import _threads
 from .cpu import _extension
 
 NAME = "cpu"
+#: Elements per thread at least: a smaller tap runs on fewer threads (waking a team costs more).
+MIN_PER_THREAD = 1 << 16
 
 
 def probe() -> None:
@@ -20,4 +22,5 @@ def probe() -> None:
 
 def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
     """``(transitions, pattern_changes, changed, hashes, length, nonfinite)`` of one tap (see fastexpr.taps)."""
-    return _extension().taps_reduce(z.numpy(), h.numpy(), kind, lo, hi, layer, threads=_threads.current())
+    threads = max(1, min(_threads.current(), z.numel() // MIN_PER_THREAD))
+    return _extension().taps_reduce(z.numpy(), h.numpy(), kind, lo, hi, layer, threads=threads)
