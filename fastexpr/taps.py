@@ -269,6 +269,9 @@ class TapsResult(Result):
         return TapsResult(**{f.name: getattr(Result.__getitem__(self, i), f.name) for f in dataclasses.fields(Result)},
                           taps=self.taps)
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "taps": list(self.taps)}
+
     def table(self) -> str:
         if self.batched:
             return "\n\n".join(self[i].table() for i in range(len(self)))

@@ -247,6 +247,7 @@ def test_batch_of_trajectories(resnetish, endpoints):
         assert batch[i].taps == single[i].taps
     assert explicit.n_points == 3
     assert "layer1.0.relu#2" in batch.table()
+    assert batch[1].to_dict()["taps"][1] == "layer1.0.relu"
 
 
 def test_plain_mlp_module_takes_the_mlp_engine_and_taps_agree():
