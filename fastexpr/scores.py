@@ -23,6 +23,8 @@ from .taps import _backend, _model_dtype_device, check_model, forward
 
 #: Bytes of tapped activations per forward pass that ``linear_regions`` aims its batches at.
 BATCH_BYTES = 128 << 20
+#: Points of ``linear_regions``'s first batch when no ``batch_size`` is given (it sizes the rest).
+FIRST_BATCH = 64
 
 
 def _inputs(x, name: str = "x"):
@@ -55,11 +57,11 @@ def linear_regions(model, x, per_tap: bool = False, dtype="float64", backend: st
 
     The whole-network pattern of a point is its region codes at every tap; patterns are compared
     through the 64-bit additive Zobrist hashes of ``measure`` (collision probability 2^-64 per pair
-    of distinct patterns). The points run in batches of ``batch_size`` (None: about
-    ``BATCH_BYTES`` of tapped activations), and only the distinct hashes are kept: memory grows
-    with the number of distinct patterns (8 bytes each), not with N, where TENAS holds every
-    point's full code vector. With ``per_tap=True``: a dict from tap name to the number of
-    distinct patterns of that tap alone. Returns an int (or the dict).
+    of distinct patterns). The points run in batches of ``batch_size`` (None: ``FIRST_BATCH``
+    points, then about ``BATCH_BYTES`` of tapped activations), and only the distinct hashes are
+    kept: memory grows with the number of distinct patterns (8 bytes each), not with N, where
+    TENAS holds every point's full code vector. With ``per_tap=True``: a dict from tap name to
+    the number of distinct patterns of that tap alone. Returns an int (or the dict).
     """
     check_model(model)
     model, torch_dtype, device = _model_dtype_device(model, dtype)
@@ -72,7 +74,7 @@ def linear_regions(model, x, per_tap: bool = False, dtype="float64", backend: st
     names = None
     start = 0
     while start < x.shape[0]:
-        size = batch_size or 2
+        size = batch_size or FIRST_BATCH
         calls = _forward(model, x[start:start + size], torch_dtype, device, _hash_reducer(module))
         if names is None:
             names = [c.name for c in calls]
