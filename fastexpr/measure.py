@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 
 from . import _threads, backends
-from .network import Network
+from .network import Network, from_torch
 from .plan import ACTIVATION_CODES, LINE, POLYLINE, OverflowInForwardPass, Partials, Plan
 from .result import Result
+from .taps import is_torch_module
 from .trajectory import Trajectory, points
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -242,21 +243,13 @@ def _run(module, plans: list[Plan], n_points: int, progress, start: int = 0) -> 
     return totals
 
 
-def result_of(parts: list[Partials], net: Network, n_points: int, dtype: str, backend: str, trajs) -> Result:
-    """The batched Result of the merged partials of each trajectory in ``trajs``."""
-    return Result(
-        transitions=np.stack([p.transitions for p in parts]).astype(np.int64),
-        pattern_changes=np.stack([p.pattern_changes for p in parts]).astype(np.int64),
-        network_changes=np.array([p.network_changes for p in parts], dtype=np.int64),
-        distinct_patterns=np.array([p.distinct().size for p in parts], dtype=np.int64),
-        lengths=np.stack([p.lengths for p in parts]).astype(np.float64),
-        n_points=n_points, widths=net.widths, activations=net.activations, dtype=dtype, backend=backend,
-        trajectories=tuple(t.name for t in trajs))
-
-
 def measure(net: Network, trajectory, n_points: int | None = None, backend: str = "auto", dtype="float64",
             progress: bool | None = None, exact: bool = False, threads: int | None = None) -> Result:
     """Transitions, pattern changes, distinct patterns and lengths of ``trajectory`` through ``net``.
+
+    ``net`` is a fastexpr Network or any ``torch.nn.Module``: a plain MLP (what ``from_torch``
+    accepts) runs on the fused MLP engine, any other model on the taps engine, one layer per call
+    of a piecewise-linear activation (``fastexpr.taps``; README, Any PyTorch model).
 
     ``trajectory`` is one trajectory (``line``, ``arc``, ``great_circle``, ``polyline``, ``points``
     or an explicit ``(N, dim)`` array) or a list of them, which gives a batched Result with a
@@ -285,6 +278,17 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
         raise ValueError("no trajectory given (empty list)")
     trajs = [as_trajectory(t) for t in trajectory] if batched else [as_trajectory(trajectory)]
     threads = _threads.check(threads)
+    if is_torch_module(net):
+        try:  # a plain MLP goes to the fused MLP engine; any other model to the taps engine
+            net = from_torch(net)
+        except ValueError:
+            if exact:
+                raise ValueError("exact=True needs a plain MLP (fastexpr.from_torch); this model goes to the taps "
+                                 "engine, which samples") from None
+            from .taps import measure_model
+
+            result = measure_model(net, trajs, n_points, backend, dtype, progress, threads)
+            return result if batched else result[0]
     if exact:
         from .exact import measure_exact
 
@@ -305,10 +309,26 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
     module = backends.resolve(backend, plans[0].device, plans)
     with _threads.using(threads):
         parts = _run(module, plans, n, progress)
-    result = result_of(parts, net, n, plans[0].dtype.name, module.NAME, trajs)
+    result = result_of(parts, n, net.widths, net.activations, plans[0].dtype, module.NAME, trajs)
+    return result if batched else result[0]
+
+
+def result_of(parts: list[Partials], n: int, widths, activations, dtype: np.dtype, backend_name: str, trajs,
+            cls=Result, stacklevel: int = 3, **extra) -> Result:
+    """The batched Result of every trajectory's merged Partials; warns with SaturationWarning
+    (``stacklevel``: the user's call, as seen from here)."""
+    fields = dict(
+        transitions=np.stack([p.transitions for p in parts]).astype(np.int64),
+        pattern_changes=np.stack([p.pattern_changes for p in parts]).astype(np.int64),
+        network_changes=np.array([p.network_changes for p in parts], dtype=np.int64),
+        distinct_patterns=np.array([p.distinct().size for p in parts], dtype=np.int64),
+        lengths=np.stack([p.lengths for p in parts]).astype(np.float64),
+    )
+    result = cls(**fields, n_points=n, widths=tuple(widths), activations=tuple(activations),
+                 dtype=np.dtype(dtype).name, backend=backend_name, trajectories=tuple(t.name for t in trajs), **extra)
     saturation = float(np.max(result.saturation))
     if saturation > SATURATION_WARN_ABOVE:
         warnings.warn(f"{saturation:.1%} of consecutive sample pairs change pattern (more than "
                       f"{SATURATION_WARN_ABOVE:.0%}): the counts are far from converged; raise n_points or use "
-                      "exact=True", SaturationWarning, stacklevel=2)
-    return result if batched else result[0]
+                      "exact=True", SaturationWarning, stacklevel=stacklevel)
+    return result

@@ -407,7 +407,7 @@ def measure_sharded(net, trajectory, n_points: int | None = None, shards: int = 
         total += part  # Partials.__iadd__: measure's own merge of chunks sharing a sample
     from .measure import result_of
 
-    return result_of([total], net, n, plan.dtype.name, results[0][1], [traj])[0]
+    return result_of([total], n, net.widths, net.activations, plan.dtype, results[0][1], [traj])[0]
 
 
 def _measure_sharded_exact(net, traj, n_points, shards, executor, backend, dtype, threads, workers, address, gpus):

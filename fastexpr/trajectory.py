@@ -13,13 +13,20 @@ from .plan import ARC, CIRCLE, KIND_NAMES, LINE, POLYLINE
 
 
 class Trajectory:
-    """A trajectory: ``kind`` (a code from :mod:`fastexpr.plan`) and a float64 ``basis`` (K, dim)."""
+    """A trajectory: ``kind`` (a code from :mod:`fastexpr.plan`) and a float64 ``basis`` (K, dim).
 
-    def __init__(self, kind: int, basis: np.ndarray, device: str = "cpu", n_points: int | None = None):
+    ``shape`` is the shape of one point as given (``(dim,)``, or e.g. ``(C, H, W)`` for images):
+    the basis holds the points flattened in C order, and the taps engine reshapes them back
+    before calling a model.
+    """
+
+    def __init__(self, kind: int, basis: np.ndarray, device: str = "cpu", n_points: int | None = None,
+                 shape: tuple[int, ...] | None = None):
         self.kind = kind
         self.basis = basis
         self.device = device
         self.n_points = n_points  # the natural sample count of explicit point sets, else None
+        self.shape = tuple(shape) if shape is not None else (basis.shape[1],)
 
     @property
     def dim(self) -> int:
@@ -51,14 +58,37 @@ class Trajectory:
         k = self.basis.shape[0]
         if (n_points - 1) * (k - 1) >= 2**63:
             raise ValueError(f"{n_points} samples of a polyline through {k} points are too many to materialise")
-        seg, rem = np.divmod(i * (k - 1), n_points - 1)
-        frac = rem / (n_points - 1)
-        last = seg > k - 2  # the final sample: the end of the last segment
-        seg[last], frac[last] = k - 2, 1.0
+        seg, frac = self._segments(i, n_points)
         coeffs = np.zeros((n_points, k))
         coeffs[i, seg] = 1.0 - frac
         coeffs[i, seg + 1] += frac
         return coeffs
+
+    def _segments(self, i: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """POLYLINE: segment and fraction of samples ``i`` of ``n_points`` (exact integer arithmetic)."""
+        k = self.basis.shape[0]
+        seg, rem = np.divmod(i * (k - 1), n_points - 1)
+        frac = rem / (n_points - 1)
+        last = seg > k - 2  # the final sample: the end of the last segment
+        seg[last], frac[last] = k - 2, 1.0
+        return seg, frac
+
+    def sample_range(self, n_points: int, start: int, stop: int) -> np.ndarray:
+        """The flattened points ``x(t_i)`` of samples ``start .. stop-1`` of ``n_points``, float64
+        ``(stop - start, dim)``, as the plan's semantics state them (a LINE as ``x0 + t (x1 - x0)``,
+        constant when x0 == x1; a POLYLINE sample from its exact segment and fraction)."""
+        i = np.arange(start, stop, dtype=np.int64)
+        if self.kind == POLYLINE:
+            k = self.basis.shape[0]
+            if (n_points - 1) * (k - 1) >= 2**63:
+                raise ValueError(f"{n_points} samples of a polyline through {k} points are too many to sample exactly")
+            seg, frac = self._segments(i, n_points)
+            return (1.0 - frac)[:, None] * self.basis[seg] + frac[:, None] * self.basis[seg + 1]
+        t = i / (n_points - 1)
+        if self.kind == LINE:
+            return self.basis[0] + t[:, None] * (self.basis[1] - self.basis[0])
+        w = 0.5 * np.pi if self.kind == ARC else 2.0 * np.pi
+        return np.cos(w * t)[:, None] * self.basis[0] + np.sin(w * t)[:, None] * self.basis[1]
 
     def sample(self, n_points: int) -> np.ndarray:
         """The ``(n_points, dim)`` sampled points ``x(t_i)``, ``t_i = i / (n_points - 1)``.
@@ -71,51 +101,67 @@ class Trajectory:
         return f"{self.name}(dim={self.dim}, basis_vectors={self.basis.shape[0]})"
 
 
-def _pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, str]:
-    u = to_float64(a, names[0], ndim=1)
-    v = to_float64(b, names[1], ndim=1)
+def _endpoint(x, name: str) -> np.ndarray:
+    """A float64 point of any shape with at least one axis (a vector, or e.g. a (C, H, W) image)."""
+    arr = to_float64(x, name)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must be a point with at least one axis, got a scalar")
+    return arr
+
+
+def _pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, str, tuple[int, ...]]:
+    u = _endpoint(a, names[0])
+    v = _endpoint(b, names[1])
     if u.shape != v.shape:
-        raise ValueError(f"{names[0]} and {names[1]} must have the same length, got {u.shape[0]} and {v.shape[0]}")
+        if u.ndim == v.ndim == 1:
+            raise ValueError(f"{names[0]} and {names[1]} must have the same length, got {u.shape[0]} and {v.shape[0]}")
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {u.shape} and {v.shape}")
     devices = {device_of(a), device_of(b)} - {"cpu"}
-    return np.stack([u, v]), (devices.pop() if devices else "cpu")
+    return np.stack([u.ravel(), v.ravel()]), (devices.pop() if devices else "cpu"), u.shape
 
 
 def line(x0, x1) -> Trajectory:
     """The segment ``x(t) = (1 - t) x0 + t x1``."""
-    basis, device = _pair(x0, x1, ("x0", "x1"))
-    return Trajectory(LINE, basis, device)
+    basis, device, shape = _pair(x0, x1, ("x0", "x1"))
+    return Trajectory(LINE, basis, device, shape=shape)
 
 
 def arc(x0, x1) -> Trajectory:
     """The paper's circular arc ``x(t) = cos(pi t / 2) x0 + sin(pi t / 2) x1``."""
-    basis, device = _pair(x0, x1, ("x0", "x1"))
-    return Trajectory(ARC, basis, device)
+    basis, device, shape = _pair(x0, x1, ("x0", "x1"))
+    return Trajectory(ARC, basis, device, shape=shape)
 
 
 def great_circle(u, v) -> Trajectory:
     """The closed curve ``x(t) = cos(2 pi t) u + sin(2 pi t) v`` (a great circle when u, v are
     orthogonal and of equal norm). Its first and last samples coincide."""
-    basis, device = _pair(u, v, ("u", "v"))
-    return Trajectory(CIRCLE, basis, device)
+    basis, device, shape = _pair(u, v, ("u", "v"))
+    return Trajectory(CIRCLE, basis, device, shape=shape)
 
 
 def polyline(points, closed: bool = False) -> Trajectory:
     """Piecewise-linear path through the rows of ``points`` (M >= 2), uniform in segment index.
 
+    ``points`` is ``(M, dim)``, or ``(M, *shape)`` for points of any shape (e.g. images).
+
     Sample i of N sits at ``s = i (M - 1) / (N - 1)`` (exactly: a sample that falls on a vertex
     is that vertex), segment ``j = min(floor(s), M - 2)``, ``x = (1 - (s - j)) p_j + (s - j) p_{j+1}``;
     ``closed=True`` adds the segment from the last point back to the first.
     """
-    basis = to_float64(points, "points", ndim=2)
+    basis = to_float64(points, "points")
+    if basis.ndim < 2:
+        raise ValueError(f"points must be 2-dimensional (M, dim) or (M, *shape), got shape {basis.shape}")
     if basis.shape[0] < 2:
         raise ValueError(f"a polyline needs at least 2 points, got {basis.shape[0]}")
+    shape = basis.shape[1:]
+    basis = basis.reshape(basis.shape[0], -1)
     if closed:
         basis = np.concatenate([basis, basis[:1]])
-    return Trajectory(POLYLINE, basis, device_of(points))
+    return Trajectory(POLYLINE, basis, device_of(points), shape=shape)
 
 
 def points(array) -> Trajectory:
-    """An explicit ``(N, dim)`` array of trajectory points, measured at exactly those N samples.
+    """An explicit ``(N, dim)`` (or ``(N, *shape)``) array of trajectory points, measured at exactly those N samples.
 
     It is the polyline through the points sampled once per vertex, so ``n_points`` must be N.
     """

@@ -1,0 +1,171 @@
+"""The taps engine on real architectures, one run: fused taps backends against the pure-PyTorch hook
+baseline at the same forward pass (fastexpr.examples: a small CNN at 1x28x28 and a torchvision-style
+ResNet-18 at 3x32x32, each along a line between two random images), CPU, float32.
+
+    python bench/bench_taps.py                                   # defaults below
+    python bench/bench_taps.py --cnn-points 65536 --resnet-points 4096 --repeat 3
+
+Per model and backend: points per second of ``fx.measure``; the forward pass alone (the same chunks
+through the same model, no taps); the share of the measurement's time spent outside that forward
+pass; and that share's ratio to one read of all tapped activations at the measured memory
+bandwidth (a NumPy sum over a 512 MiB array). Then ``scores.naswot`` and ``scores.linear_regions``
+against plain re-implementations of the published algorithms (forward hooks on nn.ReLU, codes
+``output > 0``; NASWOT's kernel sum, TENAS's unique rows) on random small CNNs. Times are the best
+of ``--repeat`` rounds, each round timing every column once (interleaved).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+
+import fastexpr as fx
+from fastexpr import taps
+from fastexpr.examples import resnet18, small_cnn
+
+
+def bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes per second of one streaming read (NumPy sum of a float32 array)."""
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def forward_only(model, traj, n: int, chunk: int, shape) -> float:
+    """Seconds for the same chunks through the model with no taps (points made the same way)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        start = 0
+        while start < n - 1:
+            stop = min(start + chunk, n)
+            x = torch.from_numpy(traj.sample_range(n, start, stop)).reshape(stop - start, *shape).float()
+            model(x)
+            start = stop - 1
+    return time.perf_counter() - t0
+
+
+def best_of(repeat: int, fn):
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def random_cnn(rng) -> torch.nn.Sequential:
+    """A small CNN for 1x28x28 inputs with random widths (a stand-in for a search space's cells)."""
+    c1, c2, hidden = (int(v) for v in (rng.choice([4, 8, 16]), rng.choice([8, 16, 32]), rng.choice([32, 64, 128])))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, c1, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(c1, c2, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(c2 * 49, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)).eval()
+
+
+def _relu_codes(model, x):
+    """The published implementations' way: forward hooks on every nn.ReLU keep the codes ``output > 0``."""
+    codes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: codes.append((o > 0).flatten(1)))
+             for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return codes
+
+
+def naswot_plain(model, x) -> float:
+    """Mellor et al.'s algorithm, re-implemented plainly: K += c c^T + (1 - c)(1 - c)^T per ReLU, slogdet."""
+    k = torch.zeros(len(x), len(x), dtype=torch.float64)
+    for c in _relu_codes(model, x):
+        c = c.double()
+        k += c @ c.T + (1 - c) @ (1 - c).T
+    return float(torch.slogdet(k)[1])
+
+
+def linear_regions_plain(model, x) -> int:
+    """TENAS's algorithm, re-implemented plainly: all codes of all points held, unique rows counted."""
+    return int(torch.unique(torch.cat(_relu_codes(model, x), 1), dim=0).shape[0])
+
+
+def scores_table(n_nets: int, batch: int, repeat: int) -> None:
+    """scores.naswot / scores.linear_regions against the plain algorithms on n_nets random small CNNs."""
+    from fastexpr import scores
+
+    rng = np.random.default_rng(1)
+    torch.manual_seed(1)
+    nets = [random_cnn(rng) for _ in range(n_nets)]
+    x = torch.from_numpy(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32))
+    print(f"| score | {n_nets} small CNNs, batch {batch} | fastexpr (s) | plain (s) | plain / fastexpr | agree |")
+    print("|---|---|---|---|---|---|")
+    for name, ours, plain in (("naswot", lambda m: scores.naswot(m, x, dtype="float32"), naswot_plain),
+                              ("linear_regions", lambda m: scores.linear_regions(m, x, dtype="float32"),
+                               linear_regions_plain)):
+        t_ours, a = best_of(repeat, lambda: [ours(m) for m in nets])
+        t_plain, b = best_of(repeat, lambda: [plain(m, x) for m in nets])
+        agree = np.allclose(a, b, rtol=1e-9) if name == "naswot" else a == b
+        print(f"| {name} | | {t_ours:.2f} | {t_plain:.2f} | {t_plain / t_ours:.2f}x | {agree} |")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cnn-points", type=int, default=1 << 15)
+    parser.add_argument("--resnet-points", type=int, default=1 << 11)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--backends", nargs="+", default=["cpu", "numba", "torch"])
+    parser.add_argument("--score-nets", type=int, default=100, help="random small CNNs for the scores table (0: skip)")
+    parser.add_argument("--score-batch", type=int, default=128)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", fx.PrecisionWarning)
+    warnings.simplefilter("ignore", fx.SaturationWarning)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    bw = bandwidth()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), memory read {bw / 1e9:.1f} GB/s\n")
+    print("| model | N | backend | points/s | forward alone (s) | measure (s) | outside forward | "
+          "/ one read of activations | vs torch hooks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, model, shape, n in (("small CNN 28x28", small_cnn(), (1, 28, 28), args.cnn_points),
+                                  ("ResNet-18 32x32", resnet18(), (3, 32, 32), args.resnet_points)):
+        model = model.eval()
+        x0, x1 = rng.standard_normal((2, *shape))
+        traj = fx.line(x0, x1)
+        engine_taps = taps._probe(model, traj, n, shape, torch.float32, "cpu")
+        act_bytes = sum(c.width for c in engine_taps) * 4 * n  # every tapped activation, float32
+        chunk = int(min(taps.MAX_CHUNK, max(2, taps.CHUNK_BYTES // (act_bytes // n))))
+        for backend in args.backends:
+            fx.measure(model, traj, 64, dtype="float32", backend=backend)  # warm-up (numba compiles)
+        t_fwd, results = float("inf"), {}
+        for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits every column
+            t_fwd = min(t_fwd, best_of(1, lambda: forward_only(model, traj, n, chunk, shape))[0])
+            for backend in args.backends:
+                t, r = best_of(1, lambda: fx.measure(model, traj, n, dtype="float32", backend=backend))
+                results[backend] = (min(t, results.get(backend, (t,))[0]), r)
+        base = results.get("torch", (None,))[0]
+        reference = results[args.backends[0]][1]
+        for backend, (t, r) in results.items():
+            assert np.array_equal(r.transitions, reference.transitions), "backends disagree"
+            assert r.distinct_patterns == reference.distinct_patterns, "backends disagree"
+            outside = max(t - t_fwd, 0.0)
+            print(f"| {name} | {n:,} | {backend} | {n / t:,.0f} | {t_fwd:.2f} | {t:.2f} | {outside / t:.0%} | "
+                  f"{outside / (act_bytes / bw):.1f}x | {base / t if base else float('nan'):.2f}x |")
+        print(f"\n{name}: {len(engine_taps)} taps, {act_bytes / n / 1e6:.2f} MB of tapped activations per sample, "
+              f"chunk {chunk} samples; {reference.distinct_patterns:,} distinct patterns, "
+              f"saturation {reference.saturation:.3f}\n")
+    if args.score_nets:
+        scores_table(args.score_nets, args.score_batch, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""taps numba backend: the per-tap reduction of csrc/cpu/taps.cpp, compiled with numba.
+
+Rows (samples) run in parallel (``prange``); each row recomputes its predecessor's codes, so rows
+are independent. Pattern keys are precomputed per tap (``fastexpr.plan.pattern_keys``) and cached.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _threads
+from ..plan import pattern_keys
+
+NAME = "numba"
+STEP = 0  # fastexpr.taps.STEP; CLAMP otherwise
+#: float64 sums of squares within these bounds lost nothing to under- or overflow (fx::SafeSum<double>).
+SAFE_LO, SAFE_HI = 1.4916681462400413e-154, 1.7976931348623157e308
+
+
+def probe() -> None:
+    """Raise ImportError if numba cannot be imported; compiles nothing."""
+    import numba  # noqa: F401
+
+
+@functools.lru_cache(maxsize=64)
+def _keys(layer: int, width: int):
+    return pattern_keys(layer, width)
+
+
+@njit(parallel=True, cache=True)
+def _reduce(z, h, kind, lo, hi, kp, km, changed, hashes):
+    b, f = z.shape
+    transitions = 0
+    pattern_changes = 0
+    length = 0.0
+    bad = 0
+    for i in prange(b):
+        hsh = np.uint64(0)
+        t = 0
+        q = 0.0
+        nonfinite = 0
+        for j in range(f):
+            v = z[i, j]
+            if kind == STEP:
+                c = 1 if v > lo else 0
+            else:
+                c = -1 if v < lo else (1 if v > hi else 0)
+            if c > 0:
+                hsh += kp[j]
+            elif c < 0:
+                hsh += km[j]
+            if not np.isfinite(v):
+                nonfinite = 1
+            if i > 0:
+                w = z[i - 1, j]
+                if kind == STEP:
+                    cq = 1 if w > lo else 0
+                else:
+                    cq = -1 if w < lo else (1 if w > hi else 0)
+                t += abs(c - cq)
+                d = np.float64(h[i, j]) - np.float64(h[i - 1, j])
+                q += d * d
+        hashes[i] = hsh
+        bad += nonfinite
+        if i > 0:
+            changed[i - 1] = t > 0
+            transitions += t
+            pattern_changes += 1 if t > 0 else 0
+            if SAFE_LO <= q <= SAFE_HI:
+                length += np.sqrt(q)
+            else:  # scaled sum: no square under- or overflows (fx::ScaledNorm)
+                top = 0.0
+                for j in range(f):
+                    top = max(top, abs(np.float64(h[i, j]) - np.float64(h[i - 1, j])))
+                if top > 0.0 and np.isfinite(top):
+                    s = 0.0
+                    for j in range(f):
+                        e = (np.float64(h[i, j]) - np.float64(h[i - 1, j])) / top
+                        s += e * e
+                    length += top * np.sqrt(s)
+                elif top > 0.0:
+                    length += top
+    return transitions, pattern_changes, length, bad > 0
+
+
+def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
+    """``(transitions, pattern_changes, changed, hashes, length, nonfinite)`` of one tap (see fastexpr.taps)."""
+    import numba
+
+    z, h = z.numpy(), h.numpy()
+    kp, km = _keys(layer, z.shape[1])
+    changed = np.zeros(max(z.shape[0] - 1, 0), dtype=np.uint8)
+    hashes = np.empty(z.shape[0], dtype=np.uint64)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(_threads.current(), numba.config.NUMBA_NUM_THREADS))
+    try:
+        t, p, length, bad = _reduce(z, h, kind, z.dtype.type(lo), z.dtype.type(hi), kp, km, changed, hashes)
+    finally:
+        numba.set_num_threads(previous)
+    return int(t), int(p), changed, hashes, float(length), bool(bad)

@@ -1,0 +1,59 @@
+"""taps torch backend: the per-tap reduction in plain PyTorch (any device): the baseline.
+
+Written the way a careful user would: region codes by comparison, transitions from differences of
+consecutive codes, the tap's pattern hash as a wrapping int64 sum of per-feature keys, and
+lengths as norms of consecutive differences in float64 (scaled where a square could under- or
+overflow). Several (samples x features) intermediates per tap: what the fused kernels avoid.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from ..plan import pattern_keys
+
+NAME = "torch"
+STEP = 0  # fastexpr.taps.STEP; CLAMP otherwise
+#: float64 sums of squares within these bounds lost nothing to under- or overflow (fx::SafeSum<double>).
+SAFE_LO, SAFE_HI = 1.4916681462400413e-154, 1.7976931348623157e308
+
+
+def probe() -> None:
+    """Raise ImportError if PyTorch cannot be imported."""
+    import torch  # noqa: F401
+
+
+@functools.lru_cache(maxsize=64)
+def _keys(layer: int, width: int, device: str):
+    kp, km = pattern_keys(layer, width)
+    return (torch.from_numpy(kp.view(np.int64)).to(device), torch.from_numpy(km.view(np.int64)).to(device))
+
+
+def codes(z: torch.Tensor, kind: int, lo: float, hi: float) -> torch.Tensor:
+    """Region codes (int8) of pre-activations ``z`` for a tap of ``kind`` (fastexpr.taps.STEP or CLAMP)."""
+    if kind == STEP:
+        return (z > lo).to(torch.int8)
+    return (z > hi).to(torch.int8) - (z < lo).to(torch.int8)
+
+
+def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
+    """``(transitions, pattern_changes, changed, hashes, length, nonfinite)`` of one tap (see fastexpr.taps)."""
+    nonfinite = not bool(torch.isfinite(z).all())
+    region = codes(z, kind, lo, hi)
+    kp, km = _keys(layer, z.shape[1], str(z.device))
+    zero = torch.zeros((), dtype=torch.int64, device=z.device)
+    hashes = (torch.where(region > 0, kp, zero) + torch.where(region < 0, km, zero)).sum(1)  # int64 sums wrap
+    step = (region[1:].to(torch.int16) - region[:-1].to(torch.int16)).abs().sum(1)
+    changed = step > 0
+    d = h[1:].to(torch.float64) - h[:-1].to(torch.float64)
+    q = (d * d).sum(1)
+    norms = q.sqrt()
+    unsafe = ~((q >= SAFE_LO) & (q <= SAFE_HI))  # q = 0 included: float64 squares may all have underflowed
+    if bool(unsafe.any()):
+        top = d[unsafe].abs().amax(1, keepdim=True)
+        safe_top = torch.where(top > 0, top, torch.ones_like(top))
+        norms[unsafe] = ((d[unsafe] / safe_top) ** 2).sum(1).sqrt() * top[:, 0]
+    return (int(step.sum()), int(changed.sum()), changed.to(torch.uint8).cpu().numpy(),
+            hashes.cpu().numpy().view(np.uint64), float(norms.sum()), nonfinite)

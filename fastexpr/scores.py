@@ -1,0 +1,141 @@
+"""Scores over a batch of inputs for other tools (zero-cost proxies in architecture search), with
+the same taps, region codes and pattern hashes as ``measure`` on a torch model (``fastexpr.taps``).
+
+* :func:`linear_regions`: the number of distinct whole-network activation patterns among the
+  points of a batch, the linear-region count of TENAS (Chen, Gong and Wang, "Neural Architecture
+  Search on ImageNet in Four GPU Hours: A Theoretically Inspired Perspective", ICLR 2021).
+* :func:`naswot`: the log-determinant of the Hamming-similarity kernel of the points' activation
+  codes (Mellor, Turner, Storkey and Crowley, "Neural Architecture Search without Training",
+  ICML 2021).
+
+Semantics shared by both: the model runs under ``torch.no_grad`` in eval mode for batch norm and
+dropout (a model with either in training mode is refused: the score would depend on how the batch
+is split, and the published implementations differ on this, NASWOT issues 1 and 30); every call of
+a piecewise-linear activation is a tap (README, Any PyTorch model); a unit's region code is that of
+``measure`` (relu-like: 1 if the pre-activation is above its threshold else 0; hardtanh-like: -1, 0,
++1), taken from the pre-activation, which for ReLU agrees with the published codes ``output > 0``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .taps import _backend, _model_dtype_device, check_model, forward
+
+#: Bytes of tapped activations per forward pass that ``linear_regions`` aims its batches at.
+BATCH_BYTES = 128 << 20
+#: Points of ``linear_regions``'s first batch when no ``batch_size`` is given (it sizes the rest).
+FIRST_BATCH = 64
+
+
+def _inputs(x, name: str = "x"):
+    """A float64 torch tensor (N, ...) of N >= 1 finite points."""
+    import torch
+
+    from ._arrays import to_float64
+
+    arr = to_float64(x, name)
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must be a batch of points, shape (N, ...) with N >= 1, got shape {arr.shape}")
+    return torch.from_numpy(arr)
+
+
+def _forward(model, x, torch_dtype, device, reduce):
+    """Forward ``x`` (float64 tensor) through ``model`` with every tap passed to ``reduce``; the taps."""
+    points = x.reshape(x.shape[0], -1).numpy()
+    try:
+        calls, _ = forward(model, points, tuple(x.shape[1:]), torch_dtype, device, reduce)
+    except (RuntimeError, TypeError, IndexError) as exc:
+        raise ValueError(f"the model cannot take inputs of shape {tuple(x.shape[1:])}: {type(exc).__name__}: {exc}") from exc
+    if not calls:
+        raise ValueError("the model calls no piecewise-linear activation that fastexpr can tap")
+    return calls
+
+
+def linear_regions(model, x, per_tap: bool = False, dtype="float64", backend: str = "auto",
+                   batch_size: int | None = None):
+    """Distinct activation patterns among the N points ``x`` (array or tensor ``(N, *input_shape)``).
+
+    The whole-network pattern of a point is its region codes at every tap; patterns are compared
+    through the 64-bit additive Zobrist hashes of ``measure`` (collision probability 2^-64 per pair
+    of distinct patterns). The points run in batches of ``batch_size`` (None: ``FIRST_BATCH``
+    points, then about ``BATCH_BYTES`` of tapped activations), and only the distinct hashes are
+    kept: memory grows with the number of distinct patterns (8 bytes each), not with N, where
+    TENAS holds every point's full code vector. With ``per_tap=True``: a dict from tap name to
+    the number of distinct patterns of that tap alone. Returns an int (or the dict).
+    """
+    check_model(model)
+    model, torch_dtype, device = _model_dtype_device(model, dtype)
+    module = _backend(backend, device)
+    x = _inputs(x)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    kept: dict[int, np.ndarray] = {}  # tap (0: whole network) -> distinct hashes so far
+    names = None
+    start = 0
+    while start < x.shape[0]:
+        size = batch_size or FIRST_BATCH
+        calls = _forward(model, x[start:start + size], torch_dtype, device, _hash_reducer(module))
+        if names is None:
+            names = [c.name for c in calls]
+            if batch_size is None:
+                per_point = sum(c.width for c in calls) * torch_dtype.itemsize
+                batch_size = int(max(1, BATCH_BYTES // per_point))
+        elif [c.name for c in calls] != names:
+            raise ValueError(f"the model's taps changed between batches: first {names}, now {[c.name for c in calls]}")
+        total = np.zeros(min(size, x.shape[0] - start), dtype=np.uint64)
+        for d, call in enumerate(calls, start=1):
+            hashes = call.reduced
+            total += hashes
+            if per_tap:
+                kept[d] = np.union1d(kept.get(d, hashes[:0]), hashes)
+        kept[0] = np.union1d(kept.get(0, total[:0]), total)
+        start += size
+    if per_tap:
+        return {name: int(kept[d].size) for d, name in enumerate(names, start=1)}
+    return int(kept[0].size)
+
+
+def _hash_reducer(module):
+    """A tap reducer giving each point's pattern hash at that tap (the taps backend's hashes)."""
+    def reduce(layer, spec, z, out):
+        z2 = z.detach().reshape(z.shape[0], -1).contiguous()
+        return module.reduce(z2, z2, spec.kind, spec.lo, spec.hi, layer)[3]
+    return reduce
+
+
+def naswot(model, x, per_tap: bool = False, dtype="float64"):
+    """NASWOT score of the N points ``x``: ``log |det K|`` with ``K[i, j]`` the number of units
+    (over all taps) whose region codes agree at points i and j (N_A minus the Hamming distance of
+    the binary codes in Mellor et al.; a hardtanh-like unit agrees when both points are in the same
+    of its three regions). ``K`` is N x N, accumulated tap by tap in float64 (exact integers), so
+    the codes are never held; N is the small batch of the method (Mellor et al. use 128), since
+    ``K`` itself has N^2 entries. Returns a float (``-inf`` for a singular K, e.g. two points with
+    the same pattern), or with ``per_tap=True`` a dict from tap name to the score of that tap's
+    own kernel.
+    """
+    import torch
+
+    from .backends.taps_torch import codes as region_codes
+
+    check_model(model)
+    model, torch_dtype, device = _model_dtype_device(model, dtype)
+    x = _inputs(x)
+    kernels: list[torch.Tensor] = []
+
+    def reduce(layer, spec, z, out):
+        c = region_codes(z.detach().reshape(z.shape[0], -1), spec.kind, spec.lo, spec.hi)
+        k = torch.zeros((c.shape[0], c.shape[0]), dtype=torch.float64, device=c.device)
+        for value in ((0, 1) if spec.kind == 0 else (-1, 0, 1)):
+            onehot = (c == value).to(torch.float64)
+            k += onehot @ onehot.T
+        kernels.append(k)
+
+    calls = _forward(model, x, torch_dtype, device, reduce)
+
+    def logdet(k):
+        return float(np.linalg.slogdet(k.cpu().numpy())[1])
+
+    if per_tap:
+        return {call.name: logdet(k) for call, k in zip(calls, kernels)}
+    return logdet(sum(kernels))

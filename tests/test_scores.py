@@ -1,0 +1,74 @@
+"""fastexpr.scores against plain formulas on random data (codes collected as in test_taps)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from fastexpr import scores
+
+from .test_taps import ResNetish, _collect, _init
+
+
+def _codes(model, x):
+    calls = []
+    with torch.no_grad(), _collect(calls):
+        model(torch.as_tensor(x))
+    return [c for c, _ in calls]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _init(ResNetish(), 11).double()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(12).standard_normal((60, 2, 8, 8)) * 0.3
+
+
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_linear_regions_counts_distinct_patterns(model, batch, batch_size):
+    codes = _codes(model, batch)
+    assert scores.linear_regions(model, batch, batch_size=batch_size) == len(np.unique(np.concatenate(codes, 1), axis=0))
+    per_tap = scores.linear_regions(model, batch, per_tap=True, batch_size=batch_size)
+    assert list(per_tap.values()) == [len(np.unique(c, axis=0)) for c in codes]
+    assert list(per_tap)[:3] == ["stem.2", "layer1.0.relu", "layer1.0.relu#2"]
+
+
+def test_linear_regions_of_repeated_points(model, batch):
+    x = np.concatenate([batch[:5]] * 4)
+    assert scores.linear_regions(model, x, backend="torch") == scores.linear_regions(model, batch[:5]) == 5
+
+
+def test_naswot_is_the_log_determinant_of_the_hamming_kernel():
+    torch.manual_seed(13)
+    relu_net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 50), nn.ReLU()).double()
+    x = np.random.default_rng(14).standard_normal((16, 1, 8, 8))
+    c = np.concatenate(_codes(relu_net, x), axis=1).astype(np.float64)
+    k = c @ c.T + (1 - c) @ (1 - c).T  # Mellor et al.: N_A minus the Hamming distance
+    assert scores.naswot(relu_net, x) == pytest.approx(np.linalg.slogdet(k)[1], rel=1e-12)
+    per_tap = scores.naswot(relu_net, x, per_tap=True)
+    assert list(per_tap) == ["1", "4"]
+
+
+def test_naswot_counts_agreeing_regions_of_three_region_units(model, batch):
+    x = batch[:12]
+    codes = _codes(model, x)
+    whole = np.concatenate(codes, axis=1)
+    k = (whole[:, None, :] == whole[None, :, :]).sum(axis=2).astype(np.float64)
+    assert scores.naswot(model, x) == pytest.approx(np.linalg.slogdet(k)[1], rel=1e-12)
+
+
+def test_scores_refuse_bad_input(model, batch):
+    with pytest.raises(ValueError, match="training mode"):
+        scores.naswot(ResNetish().train(), batch[:4])
+    with pytest.raises(ValueError, match="cannot take inputs of shape"):
+        scores.linear_regions(model, np.zeros((4, 3, 8, 8)))
+    with pytest.raises(ValueError, match="no piecewise-linear activation"):
+        scores.naswot(nn.Sequential(nn.Flatten(), nn.Linear(128, 3)).double(), batch[:4])
+    with pytest.raises(ValueError, match="batch of points"):
+        scores.linear_regions(model, np.zeros(5))
+    with pytest.raises(ValueError, match="batch_size"):
+        scores.linear_regions(model, batch, batch_size=0)
