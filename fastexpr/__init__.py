@@ -5,6 +5,7 @@ activation-pattern changes, distinct patterns (linear regions) and the trajector
 at every layer, with fused C++/CUDA kernels. Importing is cheap: backends load on first use.
 """
 from .backends import available_backends, missing_backends
+from .dichotomies import Dichotomies, dichotomies
 from .exact import crossings
 from .measure import PrecisionWarning, SaturationWarning, make_plan, measure
 from .network import Network, from_arrays, from_torch, random_mlp
@@ -25,7 +26,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
-    "available_backends", "crossings", "from_arrays", "from_torch", "great_circle", "line", "make_plan", "measure",
+    "Dichotomies", "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
+    "available_backends", "crossings", "dichotomies", "from_arrays", "from_torch", "great_circle", "line", "make_plan", "measure",
     "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
 ]
