@@ -10,6 +10,7 @@ from .exact import crossings
 from .measure import PrecisionWarning, SaturationWarning, make_plan, measure
 from .network import Network, from_arrays, from_torch, random_mlp
 from .plan import OverflowInForwardPass
+from .regions import RegionMap, region_map
 from .result import Result
 from .trajectory import Trajectory, arc, great_circle, line, points, polyline
 
@@ -26,7 +27,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Dichotomies", "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
-    "available_backends", "crossings", "dichotomies", "from_arrays", "from_torch", "great_circle", "line", "make_plan", "measure",
-    "missing_backends", "points", "polyline", "random_mlp", "trajectory_length",
+    "Dichotomies", "Network", "OverflowInForwardPass", "PrecisionWarning", "RegionMap", "Result", "SaturationWarning",
+    "Trajectory", "arc", "available_backends", "crossings", "dichotomies", "from_arrays", "from_torch", "great_circle",
+    "line", "make_plan", "measure", "missing_backends", "points", "polyline", "random_mlp", "region_map",
+    "trajectory_length",
 ]

@@ -116,7 +116,8 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
                 threads: int | None = None) -> Dichotomies:
     """Distinct labellings of ``inputs`` (``(n, input_dim)``) while layer ``layer``'s weights sweep
     the great circle from ``W_a`` (its own) through ``w_b`` (an array, or a pair ``(W_b, b_b)``;
-    None: drawn from ``seed`` with the root-mean-square of ``W_a``), at ``n_points`` samples.
+    None: drawn from ``seed`` with the root-mean-square of ``W_a``; a ``b_b`` not given is drawn
+    from ``seed`` with that of ``b_a``), at ``n_points`` samples.
     ``labels``: "sign" (one output) or "argmax"; ``sweep_bias`` sweeps the bias the same way.
     ``backend``: "auto", "cpu" (C++) or "numba". Module docstring: the exact semantics."""
     from tqdm.auto import tqdm
