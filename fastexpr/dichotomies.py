@@ -119,7 +119,8 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
     None: drawn from ``seed`` with the root-mean-square of ``W_a``; a ``b_b`` not given is drawn
     from ``seed`` with that of ``b_a``), at ``n_points`` samples.
     ``labels``: "sign" (one output) or "argmax"; ``sweep_bias`` sweeps the bias the same way.
-    ``backend``: "auto", "cpu" (C++) or "numba". Module docstring: the exact semantics."""
+    ``backend``: "auto", "cpu" (C++) or "numba"; ``threads``: the cpu engine's OpenMP threads (numba
+    keeps its own setting); ``progress`` as in ``measure``. Module docstring: the exact semantics."""
     from tqdm.auto import tqdm
 
     if not isinstance(net, Network):
@@ -147,10 +148,17 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
     w_b, b_b = _other_end(net, layer, w_b, seed, bool(sweep_bias))
 
     h = x  # layers below the swept one, once per input
-    for w, b, act in zip(net.weights[: layer - 1], net.biases[: layer - 1], net.activations[: layer - 1]):
-        h = _activate(act, h @ w.T + b)
+    for d, (w, b, act) in enumerate(zip(net.weights[: layer - 1], net.biases[: layer - 1],
+                                        net.activations[: layer - 1]), start=1):
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = h @ w.T + b
+        if not np.isfinite(z).all():
+            raise OverflowInForwardPass(f"the pre-activations of layer {d} overflow float64 (inf or NaN) on these "
+                                        "inputs; the network or the inputs are too large")
+        h = _activate(act, z)
     w_a, b_a = net.weights[layer - 1], net.biases[layer - 1]
-    A, B = h @ w_a.T, h @ w_b.T
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow here is reported by the engine
+        A, B = h @ w_a.T, h @ w_b.T
     if sweep_bias:
         A, B, b_fixed = A + b_a, B + b_b, np.zeros_like(b_a)
     else:

@@ -108,12 +108,14 @@ def _layer_hashes(net: Network, base: np.ndarray, pu: np.ndarray, pv: np.ndarray
                   b_rows: np.ndarray) -> np.ndarray:
     """Per-layer pattern hashes (L, rows, resolution) uint64 of the pixel rows at ``b_rows``."""
     rows, res = b_rows.size, a.size
-    z = base + a[None, :, None] * pu + b_rows[:, None, None] * pv  # first layer, (rows, res, n1)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below
+        z = base + a[None, :, None] * pu + b_rows[:, None, None] * pv  # first layer, (rows, res, n1)
     z = z.reshape(rows * res, -1)
     out = np.empty((net.depth, rows, res), dtype=np.uint64)
     for d, act in enumerate(net.activations):
         if d > 0:
-            z = h @ net.weights[d].T + net.biases[d]
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = h @ net.weights[d].T + net.biases[d]
         if not np.all(np.isfinite(z)):
             raise OverflowInForwardPass(f"the pre-activations of layer {d + 1} overflow float64 (inf or NaN) on "
                                         "this slice; the network or the slice is too large")

@@ -127,7 +127,9 @@ def test_sign_needs_one_output():
         dichotomies(net, 1, np.zeros((3, 4)), 10)
 
 
-def test_overflow_is_reported():
-    net = fastexpr.from_arrays([np.full((3, 2), 1e300), np.full((1, 3), 1e300)], None, ["identity", "identity"])
-    with pytest.raises(fastexpr.OverflowInForwardPass, match="layer 2"):
-        dichotomies(net, 1, np.ones((2, 2)), 10, w_b=np.zeros((3, 2)))
+@pytest.mark.parametrize("layer", [1, 2])
+def test_overflow_is_reported(layer):
+    ws = [np.full((3, 2), 1e300), np.full((1, 3), 1e300)]
+    net = fastexpr.from_arrays(ws, None, ["identity", "identity"])
+    with pytest.raises(fastexpr.OverflowInForwardPass, match="layer 2"):  # below the swept layer or above it
+        dichotomies(net, layer, np.ones((2, 2)), 10, w_b=np.zeros(ws[layer - 1].shape))

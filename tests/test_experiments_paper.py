@@ -11,6 +11,7 @@ PNGS = {
     "trajectory-images": ["trajectory_images.png"],
     "noise": ["noise.png"],
     "train-one-layer": ["train_one_layer.png"],
+    "training-length": ["training_length.png"],
 }
 
 
@@ -33,6 +34,9 @@ def test_quick_run(name, tmp_path, capsys):
     if name == "train-one-layer":
         assert [r["layer"] for r in results["rows"]] == [2, 3, 4]
         assert all(0 <= r["train"] <= 1 and 0 <= r["test"] <= 1 for r in results["rows"])
+    if name == "training-length":
+        assert [h["epoch"] for h in results["history"]] == [0, 1, 2]
+        assert all(len(h["length_ratio"]) == 3 and len(h["sigma_w"]) == 4 for h in results["history"])
     if name == "trajectory-images":
         assert [r["layer"] for r in results["rows"]] == [0, 1, 2, 3] and results["rows"][3]["length_ratio"] > 1
 

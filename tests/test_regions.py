@@ -114,3 +114,9 @@ def test_bad_input(kwargs, error, match):
     args = dict(net=net, center=np.zeros(2), u=np.ones(2), v=np.ones(2), extent=1.0, resolution=8) | kwargs
     with pytest.raises(error, match=match):
         region_map(**args)
+
+
+def test_overflow_is_reported():
+    net = fastexpr.from_arrays([np.full((3, 2), 1e300), np.full((1, 3), 1e300)], None, "relu")
+    with pytest.raises(fastexpr.OverflowInForwardPass, match="layer 2"):
+        region_map(net, np.ones(2), np.ones(2), np.ones(2), 1.0, 8)

@@ -1,4 +1,4 @@
-"""Dichotomies (Raghu et al. 2017, section 2.1 and Figure 4): how many labellings of n fixed
+"""Dichotomies (Raghu et al. 2017, section 2.1): how many labellings of n fixed
 inputs a random network produces while one layer's weights sweep a great circle.
 
 Random hard-tanh networks (``random_mlp``, one linear output read by its sign), ``--inputs``
