@@ -1,18 +1,31 @@
 """Every paper-figure experiment's --quick run, through the CLI (plots, results.json, table, --json)."""
 import json
+import os
 
 import pytest
 
 from fastexpr.cli import main
 
 PNGS = {
-    "dichotomies": ["dichotomies_vs_depth.png", "remaining_depth.png", "dichotomies_vs_transitions.png"],
+    "dichotomies": ["dichotomies_vs_depth.png", "dichotomies_vs_width.png", "remaining_depth.png",
+                    "dichotomies_vs_transitions.png"],
     "regions": ["regions.png"],
-    "trajectory-images": ["trajectory_images.png"],
+    "trajectory-images": ["trajectory_images.png", "length_vs_depth.png"],
     "noise": ["noise.png"],
     "train-one-layer": ["train_one_layer.png"],
     "training-length": ["training_length.png"],
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """torch's optimisers import torch._dynamo, which sets KMP_* and TORCHINDUCTOR_* variables in
+    os.environ; later tests' subprocesses (the Ctrl-C tests) inherit them and stopped answering
+    SIGINT in time in the full suite. Put the environment back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize("name", sorted(PNGS))

@@ -4,13 +4,14 @@ inputs a random network produces while one layer's weights sweep a great circle.
 Random hard-tanh networks (``random_mlp``, one linear output read by its sign), ``--inputs``
 Gaussian inputs, :func:`fastexpr.dichotomies` at ``--points`` samples of the sweep:
 
-* against depth, one line per width, sweeping the first layer;
+* against depth, one line per width, and against width, one line per depth, sweeping the
+  first layer;
 * against remaining depth: one deep network, sweeping each of its layers in turn;
 * against label transitions, every run above, beside the paper's random-walk model (each
   transition flips one label chosen uniformly at random, :func:`fastexpr.theory.random_walk_dichotomies`)
   and the ``2^n`` labellings there are.
 
-Output: a table, ``dichotomies_vs_depth.png``, ``remaining_depth.png``,
+Output: a table, ``dichotomies_vs_depth.png``, ``dichotomies_vs_width.png``, ``remaining_depth.png``,
 ``dichotomies_vs_transitions.png`` and ``results.json`` in ``--out``.
 """
 from __future__ import annotations
@@ -111,6 +112,18 @@ def _plot(runs, args) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "dichotomies_vs_depth.png"), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for depth in sorted({1, (args.max_depth + 1) // 2, args.max_depth}):
+        rows = [r for r in runs if r["kind"] == "depth" and r["depth"] == depth]
+        ax.plot([r["width"] for r in rows], [r["dichotomies"] for r in rows], marker="o", label=f"depth {depth}")
+    ax.axhline(full, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
+    ax.set(yscale="log", xlabel="width (first layer swept)", ylabel="unique dichotomies",
+           title=f"dichotomies of {args.inputs} inputs vs width")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "dichotomies_vs_width.png"), dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))

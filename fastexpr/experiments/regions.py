@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     plt = pyplot()
     fig, axes = plt.subplots(1, args.depth, figsize=(4 * args.depth, 4), squeeze=False)
     for ax, got, row in zip(axes[0], maps, rows):
-        got.plot(ax=ax, title=f"layers 1..{row['layers']}: {row['regions']} regions")
+        got.plot(ax=ax, title=f"layers 1..{row['layers']}: {row['regions']} regions (Thm 1: {row['bound']})")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "regions.png"), dpi=100)
     plt.close(fig)
