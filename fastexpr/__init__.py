@@ -5,10 +5,12 @@ activation-pattern changes, distinct patterns (linear regions) and the trajector
 at every layer, with fused C++/CUDA kernels. Importing is cheap: backends load on first use.
 """
 from .backends import available_backends, missing_backends
+from .dichotomies import Dichotomies, dichotomies
 from .exact import crossings
 from .measure import PrecisionWarning, SaturationWarning, make_plan, measure
 from .network import Network, from_arrays, from_torch, random_mlp
 from .plan import OverflowInForwardPass
+from .regions import RegionMap, region_map
 from .result import Result
 from .sweep import load_sweep, measure_sharded, sweep
 from .trajectory import Trajectory, arc, great_circle, line, points, polyline
@@ -26,7 +28,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Network", "OverflowInForwardPass", "PrecisionWarning", "Result", "SaturationWarning", "Trajectory", "arc",
-    "available_backends", "crossings", "from_arrays", "from_torch", "great_circle", "line", "load_sweep", "make_plan",
-    "measure", "measure_sharded", "missing_backends", "points", "polyline", "random_mlp", "sweep", "trajectory_length",
+    "Dichotomies", "Network", "OverflowInForwardPass", "PrecisionWarning", "RegionMap", "Result", "SaturationWarning",
+    "Trajectory", "arc", "available_backends", "crossings", "dichotomies", "from_arrays", "from_torch", "great_circle",
+    "line", "load_sweep", "make_plan", "measure", "measure_sharded", "missing_backends", "points", "polyline",
+    "random_mlp", "region_map", "sweep", "trajectory_length",
 ]

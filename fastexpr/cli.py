@@ -243,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = esub.add_parser("regularization", help="trajectory regularisation vs batch norm on the digits data (sec. 3.3)")
     regularization.add_arguments(r)
     r.set_defaults(func=_needs("sklearn", "scikit-learn", regularization.main))
+    from .experiments import dichotomies, noise, regions, train_one_layer, training_length, trajectory_images
+
+    plots, digits = ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")
+    for name, module, needs, text in (
+            ("dichotomies", dichotomies, plots, "dichotomies vs depth, remaining depth and transitions (sec. 2.1)"),
+            ("regions", regions, plots, "linear regions of a 2-D input slice, boundaries per layer (Fig. 1)"),
+            ("trajectory-images", trajectory_images, plots, "a great circle's image after each layer, PCA (Fig. 3)"),
+            ("noise", noise, digits, "digits conv net: accuracy with noise in one layer's weights (Fig. 6)"),
+            ("train-one-layer", train_one_layer, digits, "digits MLP: train one layer, the rest frozen (Fig. 7)"),
+            ("training-length", training_length, digits, "digits MLP: length and sigma_w through training (Figs. 8, 9)")):
+        p = esub.add_parser(name, help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=_needs(*needs, module.main))
 
     s = sub.add_parser("sweep", help="measure every cell of a grid (TOML file) into a Parquet folder; resumable")
     s.add_argument("config", help="TOML file with a [grid] table (examples/sweep.toml)")

@@ -7,6 +7,7 @@ void register_measure(py::module_& m);        // csrc/cpu/measure.cpp
 void register_traj_length(py::module_& m);    // csrc/cpu/traj_length.cpp
 void register_exact(py::module_& m);          // csrc/cpu/exact.cpp
 void register_taps(py::module_& m);           // csrc/cpu/taps.cpp
+void register_dichotomies(py::module_& m);    // csrc/cpu/dichotomies.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastexpr fused CPU kernels (C++/OpenMP); see fastexpr.backends.cpu";
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
   register_traj_length(m);
   register_exact(m);
   register_taps(m);
+  register_dichotomies(m);
 }

@@ -1,0 +1,226 @@
+// Dichotomies: the labellings a network gives a fixed set of inputs while one layer's weights
+// sweep a great circle, W(t) = cos(2 pi t) W_a + sin(2 pi t) W_b (Python side and semantics:
+// fastexpr/dichotomies.py; numba twin: fastexpr/backends/numba_dichotomies.py).
+//
+// The layers below the swept one are done once per input by the caller, which passes
+// A = W_a h + (b_a if the bias is swept), B = W_b h + (b_b if swept) and the fixed bias, so
+// the swept layer's pre-activation at sample t is cos(2 pi t) A + sin(2 pi t) B + b_fixed.
+// Samples are cut into tiles of `tile` consecutive samples (the first shared with the
+// previous tile); for each input a tile runs through the layers above feature-major
+// (width x samples), its labels are compared along the samples (transitions) and added into
+// the tile's per-sample labelling hashes (sum of keys[input][label], wrapping). Only samples
+// whose labelling hash differs from their predecessor's emit it: memory grows with the
+// labelling changes, never with n_points.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "semantics.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using i64 = std::int64_t;
+using u64 = fx::u64;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+struct Sweep {
+  const double *A, *B, *b_fixed;  // (n_inputs, n0), (n_inputs, n0), (n0,)
+  int n_inputs, n0, act0;
+  std::vector<const double*> w, b;  // layers above: (width[d], width[d-1]) and (width[d],)
+  std::vector<int> width, act;      // width[0] = n0; act[d] for d >= 1
+  const u64* keys;                  // (n_inputs, n_labels)
+  int n_labels;
+  bool argmax;
+  i64 n_points;
+};
+
+struct Totals {
+  i64 transitions = 0, changes = 0;
+  int overflow = 0;  // 1 + index of the first layer (0: swept) with an inf or NaN pre-activation
+  std::vector<u64> hashes;
+};
+
+// Samples a .. a+n-1 (n >= 2 unless the range is one sample); the first is counted as a run
+// start only when `first` (the range's first tile).
+void process_tile(const Sweep& s, i64 a, int n, bool first, std::vector<double>& h0, std::vector<double>& h1,
+                  std::vector<double>& c, std::vector<double>& sn, std::vector<u64>& hash, std::vector<int>& lab,
+                  std::vector<double>& best, Totals& out) {
+  const double two_pi = 2.0 * 3.14159265358979323846;
+  for (int p = 0; p < n; ++p) {
+    const double t = fx::sample_t(a + p, s.n_points);
+    c[p] = std::cos(two_pi * t);
+    sn[p] = std::sin(two_pi * t);
+    hash[p] = 0;
+  }
+  const int depth = (int)s.width.size();
+  for (int k = 0; k < s.n_inputs; ++k) {
+    const double* A = s.A + (i64)k * s.n0;
+    const double* B = s.B + (i64)k * s.n0;
+    double* h = h0.data();
+    double* z = h1.data();
+    for (int j = 0; j < s.n0; ++j) {
+      double* row = h + (i64)j * n;
+      for (int p = 0; p < n; ++p) {
+        const double v = c[p] * A[j] + sn[p] * B[j] + s.b_fixed[j];
+        if (!std::isfinite(v) && (out.overflow == 0 || out.overflow > 1)) out.overflow = 1;
+        row[p] = fx::activate(s.act0, v);
+      }
+    }
+    for (int d = 1; d < depth; ++d) {
+      const int n_out = s.width[d], n_in = s.width[d - 1];
+      const double* W = s.w[d - 1];
+      for (int o = 0; o < n_out; ++o) {
+        double* row = z + (i64)o * n;
+        std::fill(row, row + n, s.b[d - 1][o]);
+        for (int i = 0; i < n_in; ++i) {
+          const double wv = W[(i64)o * n_in + i];
+          const double* hin = h + (i64)i * n;
+#pragma omp simd
+          for (int p = 0; p < n; ++p) row[p] += wv * hin[p];
+        }
+        for (int p = 0; p < n; ++p) {
+          if (!std::isfinite(row[p]) && (out.overflow == 0 || out.overflow > d + 1)) out.overflow = d + 1;
+          row[p] = fx::activate(s.act[d], row[p]);
+        }
+      }
+      std::swap(h, z);
+    }
+    const int n_out = s.width[depth - 1];
+    if (s.argmax) {  // the first output holding the maximum
+      std::copy(h, h + n, best.begin());
+      std::fill(lab.begin(), lab.begin() + n, 0);
+      for (int o = 1; o < n_out; ++o)
+        for (int p = 0; p < n; ++p)
+          if (h[(i64)o * n + p] > best[p]) {
+            best[p] = h[(i64)o * n + p];
+            lab[p] = o;
+          }
+    } else {
+      for (int p = 0; p < n; ++p) lab[p] = h[p] > 0.0 ? 1 : 0;
+    }
+    const u64* key = s.keys + (i64)k * s.n_labels;
+    for (int p = 0; p < n; ++p) {
+      hash[p] += key[lab[p]];
+      if (p > 0) out.transitions += lab[p] != lab[p - 1];
+    }
+  }
+  if (first) out.hashes.push_back(hash[0]);
+  for (int p = 1; p < n; ++p)
+    if (hash[p] != hash[p - 1]) {
+      ++out.changes;
+      out.hashes.push_back(hash[p]);
+    }
+}
+
+const double* data_of(const F64Array& a, py::ssize_t size, const char* what) {
+  if (a.size() != size) fail(std::string(what) + " has " + std::to_string(a.size()) + " entries, expected " +
+                             std::to_string(size));
+  return a.data();
+}
+
+py::tuple dichotomies(const F64Array& A, const F64Array& B, const F64Array& b_fixed, int act0,
+                      const std::vector<F64Array>& weights, const std::vector<F64Array>& biases,
+                      const std::vector<int>& activations, const py::array_t<u64, py::array::c_style>& keys,
+                      bool argmax, i64 n_points, i64 start, i64 stop, int tile, int threads) {
+  if (A.ndim() != 2) fail("A must be a 2-D (inputs, width) array");
+  Sweep s;
+  s.n_inputs = (int)A.shape(0);
+  s.n0 = (int)A.shape(1);
+  s.A = A.data();
+  s.B = data_of(B, A.size(), "B");
+  s.b_fixed = data_of(b_fixed, s.n0, "b_fixed");
+  s.act0 = act0;
+  if (weights.size() != biases.size() || weights.size() != activations.size())
+    fail("weights, biases and activations of the layers above must have one entry per layer");
+  s.width.push_back(s.n0);
+  s.act.push_back(act0);
+  for (size_t d = 0; d < weights.size(); ++d) {
+    if (weights[d].ndim() != 2 || weights[d].shape(1) != s.width.back())
+      fail("weights[" + std::to_string(d) + "] must have shape (n_out, " + std::to_string(s.width.back()) + ")");
+    s.width.push_back((int)weights[d].shape(0));
+    s.w.push_back(weights[d].data());
+    s.b.push_back(data_of(biases[d], weights[d].shape(0), "a bias"));
+    s.act.push_back(activations[d]);
+  }
+  if (keys.ndim() != 2 || keys.shape(0) != s.n_inputs) fail("keys must have shape (inputs, labels)");
+  s.keys = keys.data();
+  s.n_labels = (int)keys.shape(1);
+  s.argmax = argmax;
+  if (argmax ? s.n_labels != s.width.back() : (s.n_labels != 2 || s.width.back() != 1))
+    fail("keys must have one column per label: 2 for a sign of one output, the output width for argmax");
+  s.n_points = n_points;
+  if (n_points < 2) fail("n_points must be at least 2");
+  if (!(0 <= start && start < stop && stop <= n_points)) fail("need 0 <= start < stop <= n_points");
+  if (tile < 2) fail("tile must be at least 2 samples");
+
+  const i64 pairs = stop - 1 - start, step = tile - 1;
+  const i64 n_tiles = pairs == 0 ? 1 : (pairs + step - 1) / step;
+  const int widest = *std::max_element(s.width.begin(), s.width.end());
+#ifdef _OPENMP
+  const int n_threads = (int)std::max<i64>(1, std::min<i64>(threads > 0 ? threads : omp_get_max_threads(), n_tiles));
+#else
+  const int n_threads = 1;
+  (void)threads;
+#endif
+  std::vector<Totals> totals(n_threads);
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel num_threads(n_threads)
+    {
+#ifdef _OPENMP
+      Totals& out = totals[omp_get_thread_num()];
+#else
+      Totals& out = totals[0];
+#endif
+      std::vector<double> h0((size_t)widest * tile), h1((size_t)widest * tile), c(tile), sn(tile), best(tile);
+      std::vector<u64> hash(tile);
+      std::vector<int> lab(tile);
+#pragma omp for schedule(static)
+      for (i64 q = 0; q < n_tiles; ++q) {
+        const i64 a = start + q * step;
+        process_tile(s, a, (int)std::min<i64>(tile, stop - a), q == 0, h0, h1, c, sn, hash, lab, best, out);
+      }
+    }
+  }
+  i64 transitions = 0, changes = 0;
+  int overflow = 0;
+  std::vector<u64> hashes;
+  for (const Totals& t : totals) {
+    transitions += t.transitions;
+    changes += t.changes;
+    if (t.overflow && (overflow == 0 || t.overflow < overflow)) overflow = t.overflow;
+    hashes.insert(hashes.end(), t.hashes.begin(), t.hashes.end());
+  }
+  std::sort(hashes.begin(), hashes.end());
+  hashes.erase(std::unique(hashes.begin(), hashes.end()), hashes.end());
+  py::array_t<u64> out((py::ssize_t)hashes.size());
+  std::copy(hashes.begin(), hashes.end(), out.mutable_data());
+  return py::make_tuple(transitions, changes, out, overflow);
+}
+
+}  // namespace
+
+void register_dichotomies(py::module_& m) {
+  m.def("dichotomies", &dichotomies,
+        "Labellings of a fixed input set along a great-circle sweep of one layer's weights, samples\n"
+        "start..stop-1 (see fastexpr.dichotomies). Returns (label transitions, labelling changes,\n"
+        "run-start labelling hashes uint64, sorted, unique, first overflowing layer counted from the\n"
+        "swept one as 1, 0 if none).",
+        py::arg("A"), py::arg("B"), py::arg("b_fixed"), py::arg("act0"), py::arg("weights"), py::arg("biases"),
+        py::arg("activations"), py::arg("keys"), py::arg("argmax"), py::arg("n_points"), py::arg("start"),
+        py::arg("stop"), py::arg("tile") = 256, py::arg("threads") = 0);
+}

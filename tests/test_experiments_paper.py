@@ -1,0 +1,67 @@
+"""Every paper-figure experiment's --quick run, through the CLI (plots, results.json, table, --json)."""
+import json
+import os
+
+import pytest
+
+from fastexpr.cli import main
+
+PNGS = {
+    "dichotomies": ["dichotomies_vs_depth.png", "dichotomies_vs_width.png", "remaining_depth.png",
+                    "dichotomies_vs_transitions.png"],
+    "regions": ["regions.png"],
+    "trajectory-images": ["trajectory_images.png", "length_vs_depth.png"],
+    "noise": ["noise.png"],
+    "train-one-layer": ["train_one_layer.png"],
+    "training-length": ["training_length.png"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """torch's optimisers import torch._dynamo, which sets KMP_* and TORCHINDUCTOR_* variables in
+    os.environ; later tests' subprocesses (the Ctrl-C tests) inherit them and stopped answering
+    SIGINT in time in the full suite. Put the environment back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("name", sorted(PNGS))
+def test_quick_run(name, tmp_path, capsys):
+    assert main(["experiment", name, "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "results.json" in out and "----" in out  # the table, then where the files are
+    for png in PNGS[name]:
+        assert (tmp_path / png).stat().st_size > 2000, png
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["quick"] is True and results["seconds"] >= 0
+    if name == "dichotomies":
+        assert {r["kind"] for r in results["runs"]} == {"depth", "remaining"}
+        for r in results["runs"]:  # 6 inputs; a new labelling needs a transition
+            assert 1 <= r["dichotomies"] <= min(2 ** 6, r["transitions"] + 1)
+    if name == "noise":
+        assert len(results["accuracy"]) == 4 and all(len(row) == 3 for row in results["accuracy"])
+        assert all(row[0] == results["clean_accuracy"] for row in results["accuracy"])  # magnitude 0: no noise
+    if name == "train-one-layer":
+        assert [r["layer"] for r in results["rows"]] == [2, 3, 4]
+        assert all(0 <= r["train"] <= 1 and 0 <= r["test"] <= 1 for r in results["rows"])
+    if name == "training-length":
+        assert [h["epoch"] for h in results["history"]] == [0, 1, 2]
+        assert all(len(h["length_ratio"]) == 3 and len(h["sigma_w"]) == 4 for h in results["history"])
+    if name == "trajectory-images":
+        assert [r["layer"] for r in results["rows"]] == [0, 1, 2, 3] and results["rows"][3]["length_ratio"] > 1
+
+
+def test_quick_json(tmp_path, capsys):
+    assert main(["experiment", "regions", "--quick", "--no-progress", "--json", "--out", str(tmp_path)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    rows = results["rows"]
+    assert [r["layers"] for r in rows] == [1, 2, 3]
+    assert all(1 <= r["regions"] <= r["bound"] for r in rows)  # Theorem 1 bounds what the slice shows
+
+
+def test_bad_option(tmp_path, capsys):
+    assert main(["experiment", "dichotomies", "--inputs", "64", "--out", str(tmp_path)]) == 2
+    assert "--inputs" in capsys.readouterr().err
