@@ -192,12 +192,22 @@ INTERRUPT_SCRIPT = """
 """
 
 
+def _sigint_as_from_a_terminal():
+    """In the child before exec: SIGINT unblocked and at its default disposition. A child inherits
+    both from this process, where a library loaded by another test may have left SIGINT ignored
+    or blocked; Python then installs no KeyboardInterrupt handler and the test could not tell a
+    working Ctrl-C from a broken one."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "numba"])
 def test_ctrl_c_raises_keyboard_interrupt_promptly(backend):
     """SIGINT stops a long run within seconds with KeyboardInterrupt (the cpu backend used to
     finish its 2**20-sample chunk first, minutes here; numba raised SystemError)."""
     backend_or_skip(backend)
-    proc = _python(INTERRUPT_SCRIPT.replace("sys.argv[1]", repr(backend)), env={"OMP_NUM_THREADS": "1"})
+    proc = _python(INTERRUPT_SCRIPT.replace("sys.argv[1]", repr(backend)), env={"OMP_NUM_THREADS": "1"},
+                   preexec_fn=_sigint_as_from_a_terminal)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         threading.Event().wait(1.0)
