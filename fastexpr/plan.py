@@ -268,7 +268,8 @@ class Partials:
         self.lengths = self.lengths + other.lengths
         if self._seen is None:
             self._seen = DistinctHashes(self.run_hashes)
-        self._seen.add(other.run_hashes)
+        # ``other`` may itself be a sum of partials (a shard of fastexpr.measure_sharded): all of its hashes
+        self._seen.add(other._seen.sorted() if other._seen is not None else other.run_hashes)
         return self
 
     def distinct(self) -> np.ndarray:

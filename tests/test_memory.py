@@ -74,6 +74,22 @@ def test_merge_with_overlapping_and_repeated_hashes_is_exact(monkeypatch, hold):
             np.testing.assert_array_equal(h, np.unique(np.concatenate(chunks[:k])))
 
 
+def test_sums_of_partials_add_up_with_every_hash(monkeypatch):
+    """A sum of partials added to another sum (shards of measure_sharded, each many chunks):
+    every hash of both sides counts, not only the first chunk's of the right-hand side."""
+    monkeypatch.setattr(plan_module, "MERGE_AT_LEAST", 7)
+    rng = np.random.default_rng(2)
+    chunks = [rng.integers(size=int(rng.integers(1, 40)), **RNG_HASHES) for _ in range(24)]
+    left, right = _partials(chunks[0], changes=1), _partials(chunks[12], changes=1)
+    for c in chunks[1:12]:
+        left += _partials(c, changes=1)
+    for c in chunks[13:]:
+        right += _partials(c, changes=1)
+    left += right
+    np.testing.assert_array_equal(left.distinct(), np.unique(np.concatenate(chunks)))
+    assert left.network_changes == len(chunks)
+
+
 def test_distinct_hashes_alone():
     """DistinctHashes: adds in any order, counts with len, refuses what is not a 1-D uint64 array."""
     seen = DistinctHashes(np.array([5, 3, 5], np.uint64))

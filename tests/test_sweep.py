@@ -202,6 +202,17 @@ def test_sharded_equals_measure_local(kind):
         fx.measure_sharded(net, traj, 100, exact=True)
 
 
+def test_sharded_equals_measure_when_shards_span_many_chunks(monkeypatch):
+    """Each shard a sum of many chunks (chunks of at most 997 samples): the merge of shards keeps
+    every distinct pattern of every chunk (it once kept only each shard's first chunk's)."""
+    monkeypatch.setattr(importlib.import_module("fastexpr.measure"), "MAX_CHUNK", 997)
+    net = fx.random_mlp(5, 24, 6, "relu", sigma_w=2.0, sigma_b=0.5, seed=8)
+    traj = _trajectory("arc", 6, 9)
+    ref = fx.measure(net, traj, 40001)
+    for shards in (2, 5):
+        assert_equal_results(fx.measure_sharded(net, traj, 40001, shards=shards, workers=1), ref)
+
+
 def test_sharded_local_pool():
     net = fx.random_mlp(5, 24, 6, "relu", sigma_w=2.0, sigma_b=0.5, seed=8)
     traj = _trajectory("arc", 6, 9)
