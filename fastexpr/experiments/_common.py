@@ -38,3 +38,36 @@ def finish(args: argparse.Namespace, table: str, results: dict) -> int:
         print(table)
         print(f"plots and results.json in {os.path.abspath(args.out)}")
     return 0
+
+
+def load_digits():
+    """scikit-learn's bundled digits scaled to [0, 1], split 70/30 (stratified, fixed) into
+    float32 inputs and long labels: (x_train, y_train, x_test, y_test)."""
+    import torch
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = sklearn_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.3, stratify=y, random_state=0)
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
+    return as_x(x_train), as_y(y_train), as_x(x_test), as_y(y_test)
+
+
+def hardtanh_mlp(depth: int, width: int, sigma_w: float, seed: int):
+    """Linear -> Hardtanh, ``depth`` times, then Linear(., 10) on the digits' 64 inputs;
+    W ~ N(0, sigma_w^2 / fan_in), b = 0."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers, fan_in = [], 64
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.Hardtanh()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, 10))
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=sigma_w * m.in_features ** -0.5)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)

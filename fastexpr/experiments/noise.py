@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ._common import add_common_arguments, finish, pyplot
+from ._common import add_common_arguments, finish, load_digits, pyplot
 
 MAGNITUDES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -83,9 +83,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .regularization import _load_digits
 
-    data = _load_digits()
+    data = load_digits()
     _, _, x_test, y_test = data
     torch.manual_seed(args.seed)
     net = build()

@@ -23,6 +23,8 @@ import json
 import os
 import time
 
+from ._common import load_digits
+
 METHODS = ("none", "batchnorm", "trajreg")
 LABELS = {"none": "no normalisation", "batchnorm": "batch norm", "trajreg": "trajectory regularisation"}
 
@@ -54,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    data = _load_digits()
+    data = load_digits()
     trajectory = _test_trajectory(data, args.points_per_edge)
     runs = {method: [] for method in METHODS}
     threads = torch.get_num_threads()
@@ -79,19 +81,6 @@ def main(args: argparse.Namespace) -> int:
     _plot(runs, args)
     print(f"plots and results.json in {os.path.abspath(args.out)}")
     return 0
-
-
-def _load_digits():
-    """Digits scaled to [0, 1], split 70/30 (stratified, fixed) into float32 tensors."""
-    import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.3, stratify=y, random_state=0)
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
-    return as_x(x_train), as_y(y_train), as_x(x_test), as_y(y_test)
 
 
 def _test_trajectory(data, points_per_edge):

@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-from ._common import add_common_arguments, finish, pyplot
+from ._common import add_common_arguments, finish, hardtanh_mlp, load_digits, pyplot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,24 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=8, help="hidden layers")
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=40, help="epochs of training per layer")
-
-
-def build(depth: int, width: int, seed: int):
-    """Linear -> Hardtanh, ``depth`` times, then Linear(., 10); W ~ N(0, 1/fan_in), b = 0."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    layers, fan_in = [], 64
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.Hardtanh()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, 10))
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=m.in_features ** -0.5)
-            nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,9 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .noise import accuracy, train
-    from .regularization import _load_digits
 
-    data = _load_digits()
+    data = load_digits()
     x_train, y_train, x_test, y_test = data
     trained = list(range(2, args.depth + 2))  # 1-based Linear layers; depth + 1 is the output layer
     rows = []
@@ -64,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     with tqdm(total=len(trained) * args.epochs, desc="train-one-layer", unit="epoch",
               disable=args.no_progress) as bar:
         for layer in trained:
-            net = build(args.depth, args.width, args.seed)  # the same initial network every time
+            net = hardtanh_mlp(args.depth, args.width, 1.0, args.seed)  # the same initial network every time
             linear = [m for m in net if hasattr(m, "weight")][layer - 1]
             for p in net.parameters():
                 p.requires_grad_(False)

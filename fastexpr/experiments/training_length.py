@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from ._common import add_common_arguments, finish, pyplot
+from ._common import add_common_arguments, finish, hardtanh_mlp, load_digits, pyplot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,24 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma-w", type=float, default=1.0, help="initial weight scale")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--points", type=int, default=20000, help="samples along the circle")
-
-
-def build(depth: int, width: int, sigma_w: float, seed: int):
-    """Linear -> Hardtanh, ``depth`` times, then Linear(., 10)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    layers, fan_in = [], 64
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), nn.Hardtanh()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, 10))
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=sigma_w * m.in_features ** -0.5)
-            nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
 
 
 def snapshot(net, circle, points: int, depth: int) -> dict:
@@ -79,12 +61,11 @@ def main(args: argparse.Namespace) -> int:
 
     from ..trajectory import great_circle
     from .noise import accuracy, train
-    from .regularization import _load_digits
 
-    data = _load_digits()
+    data = load_digits()
     x_train, y_train, x_test, y_test = data
     circle = great_circle(x_test[0].double().numpy(), x_test[1].double().numpy())
-    net = build(args.depth, args.width, args.sigma_w, args.seed)
+    net = hardtanh_mlp(args.depth, args.width, args.sigma_w, args.seed)
     start = time.perf_counter()
     history = [dict(epoch=0, test=accuracy(net, x_test, y_test), **snapshot(net, circle, args.points, args.depth))]
     with tqdm(total=args.epochs, desc="training-length", unit="epoch", disable=args.no_progress) as bar:
