@@ -100,43 +100,21 @@ def _table(runs, args, elapsed) -> str:
 
 
 def _plot(runs, args) -> None:
+    depth_runs = [r for r in runs if r["kind"] == "depth"]
+    by_width = [([r["depth"] for r in rows], [r["dichotomies"] for r in rows], f"width {w}")
+                for w in args.widths for rows in [[r for r in depth_runs if r["width"] == w]]]
+    by_depth = [([r["width"] for r in rows], [r["dichotomies"] for r in rows], f"depth {d}")
+                for d in sorted({1, (args.max_depth + 1) // 2, args.max_depth})
+                for rows in [[r for r in depth_runs if r["depth"] == d]]]
+    remaining = [r for r in runs if r["kind"] == "remaining"]
     plt = pyplot()
-    full = 2 ** args.inputs
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for width in args.widths:
-        rows = [r for r in runs if r["kind"] == "depth" and r["width"] == width]
-        ax.plot([r["depth"] for r in rows], [r["dichotomies"] for r in rows], marker="o", label=f"width {width}")
-    ax.axhline(full, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
-    ax.set(yscale="log", xlabel="depth (first layer swept)", ylabel="unique dichotomies",
-           title=f"dichotomies of {args.inputs} inputs vs depth")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "dichotomies_vs_depth.png"), dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for depth in sorted({1, (args.max_depth + 1) // 2, args.max_depth}):
-        rows = [r for r in runs if r["kind"] == "depth" and r["depth"] == depth]
-        ax.plot([r["width"] for r in rows], [r["dichotomies"] for r in rows], marker="o", label=f"depth {depth}")
-    ax.axhline(full, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
-    ax.set(yscale="log", xlabel="width (first layer swept)", ylabel="unique dichotomies",
-           title=f"dichotomies of {args.inputs} inputs vs width")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "dichotomies_vs_width.png"), dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    rows = [r for r in runs if r["kind"] == "remaining"]
-    ax.plot([r["remaining"] for r in rows], [r["dichotomies"] for r in rows], marker="o",
-            label=f"depth {args.max_depth}, width {args.deep_width}")
-    ax.axhline(full, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
-    ax.set(yscale="log", xlabel="remaining depth (layers from the swept one up)", ylabel="unique dichotomies",
-           title="dichotomies vs remaining depth")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "remaining_depth.png"), dpi=100)
-    plt.close(fig)
+    _log_plot(plt, args, by_width, "depth (first layer swept)", f"dichotomies of {args.inputs} inputs vs depth",
+              "dichotomies_vs_depth.png")
+    _log_plot(plt, args, by_depth, "width (first layer swept)", f"dichotomies of {args.inputs} inputs vs width",
+              "dichotomies_vs_width.png")
+    _log_plot(plt, args, [([r["remaining"] for r in remaining], [r["dichotomies"] for r in remaining],
+                           f"depth {args.max_depth}, width {args.deep_width}")],
+              "remaining depth (layers from the swept one up)", "dichotomies vs remaining depth", "remaining_depth.png")
 
     from ..theory import random_walk_dichotomies
 
@@ -148,10 +126,23 @@ def _plot(runs, args) -> None:
     top = max(r["transitions"] for r in runs)
     steps = np.unique(np.geomspace(1, max(top, 2), 60).astype(np.int64))
     ax.plot(steps, random_walk_dichotomies(args.inputs, steps, seed=args.seed), "k-", lw=1, label="random walk")
-    ax.axhline(full, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
+    ax.axhline(2 ** args.inputs, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
     ax.set(xscale="log", yscale="log", xlabel="label transitions", ylabel="unique dichotomies",
            title="dichotomies vs transitions")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "dichotomies_vs_transitions.png"), dpi=100)
+    plt.close(fig)
+
+
+def _log_plot(plt, args, series, xlabel: str, title: str, name: str) -> None:
+    """Dichotomies on a log axis, one line per (xs, ys, label), with the 2^inputs ceiling dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for xs, ys, label in series:
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.axhline(2 ** args.inputs, color="k", ls="--", lw=1, label=f"$2^{{{args.inputs}}}$")
+    ax.set(yscale="log", xlabel=xlabel, ylabel="unique dichotomies", title=title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, name), dpi=100)
     plt.close(fig)
