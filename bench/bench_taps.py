@@ -1,6 +1,7 @@
 """The taps engine on real architectures, one run: fused taps backends against the pure-PyTorch hook
 baseline at the same forward pass (fastexpr.examples: a small CNN at 1x28x28 and a torchvision-style
-ResNet-18 at 3x32x32, each along a line between two random images), CPU, float32.
+ResNet-18 at 3x32x32, each along a line between two random images), float32, on the CPU or
+(``--device cuda``, backends cuda and torch) on a GPU.
 
     python bench/bench_taps.py          # the issue's settings: ~25 min on an idle 2-core machine
     python bench/bench_taps.py --cnn-points 65536 --resnet-points 0 --score-nets 0 --repeat 3
@@ -36,27 +37,36 @@ from fastexpr import backends, taps
 from fastexpr.examples import resnet18, small_cnn
 
 
-def bandwidth(nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    """Bytes per second of one streaming read (NumPy sum of a float32 array)."""
-    a = np.ones(nbytes // 4, dtype=np.float32)
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def bandwidth(device: str, nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes per second of one streaming read (the sum of a float32 array: NumPy's on the CPU)."""
+    a = np.ones(nbytes // 4, dtype=np.float32) if device == "cpu" else torch.ones(nbytes // 4, device=device)
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         t0 = time.perf_counter()
         a.sum()
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return nbytes / best
 
 
-def forward_only(model, traj, n: int, chunk: int, shape) -> float:
+def forward_only(model, traj, n: int, chunk: int, shape, device: str) -> float:
     """Seconds for the same chunks through the model with no taps (points made the same way)."""
+    synchronize(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         start = 0
         while start < n - 1:
             stop = min(start + chunk, n)
-            x = torch.from_numpy(traj.sample_range(n, start, stop)).reshape(stop - start, *shape).float()
-            model(x)
+            x = torch.from_numpy(traj.sample_range(n, start, stop)).reshape(stop - start, *shape)
+            model(x.to(device=device, dtype=torch.float32))
             start = stop - 1
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -130,14 +140,14 @@ def linear_regions_plain(model, x) -> int:
     return int(torch.unique(torch.cat(_relu_codes(model, x), 1), dim=0).shape[0])
 
 
-def scores_table(n_nets: int, batch: int, repeat: int) -> None:
+def scores_table(n_nets: int, batch: int, repeat: int, device: str) -> None:
     """scores.naswot / scores.linear_regions against the plain algorithms on n_nets random small CNNs."""
     from fastexpr import scores
 
     rng = np.random.default_rng(1)
     torch.manual_seed(1)
-    nets = [random_cnn(rng) for _ in range(n_nets)]
-    x = torch.from_numpy(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32))
+    nets = [random_cnn(rng).to(device) for _ in range(n_nets)]
+    x = torch.from_numpy(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)).to(device)
     print(f"| score | {n_nets} small CNNs, batch {batch} | fastexpr (s) | plain (s) | plain / fastexpr | agree |")
     print("|---|---|---|---|---|---|")
     for name, ours, plain in (("naswot", lambda m: scores.naswot(m, x, dtype="float32"), naswot_plain),
@@ -160,17 +170,21 @@ def main() -> None:
     parser.add_argument("--cnn-points", type=int, default=1 << 20, help="0: skip the small CNN")
     parser.add_argument("--resnet-points", type=int, default=1 << 17, help="0: skip ResNet-18")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--backends", nargs="+", default=["cpu", "torch"], help="cpu, numba, torch (the baseline)")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu or cuda")
+    parser.add_argument("--backends", nargs="+", help="cpu, numba, cuda, torch (the baseline); default: cpu torch "
+                        "on the CPU, cuda torch on a GPU")
     parser.add_argument("--score-nets", type=int, default=1000, help="random small CNNs for the scores table (0: skip)")
     parser.add_argument("--score-batch", type=int, default=128)
     args = parser.parse_args()
+    args.backends = args.backends or (["cpu", "torch"] if args.device == "cpu" else ["cuda", "torch"])
     warnings.simplefilter("ignore", fx.PrecisionWarning)
     warnings.simplefilter("ignore", fx.SaturationWarning)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    bw = bandwidth()
+    bw = bandwidth(args.device)
     started = time.perf_counter()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch "
+    where = torch.cuda.get_device_name(args.device) if args.device != "cpu" else platform.processor() or platform.machine()
+    print(f"# {where}, {os.cpu_count()} cores visible, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), memory read {bw / 1e9:.1f} GB/s, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     if args.cnn_points or args.resnet_points:
@@ -181,10 +195,10 @@ def main() -> None:
                                   ("ResNet-18 32x32", resnet18(), (3, 32, 32), args.resnet_points)):
         if n == 0:
             continue
-        model = model.eval()
+        model = model.eval().to(args.device)
         x0, x1 = rng.standard_normal((2, *shape))
         traj = fx.line(x0, x1)
-        engine_taps, _, first_layer = taps._probe(model, traj, n, shape, torch.float32, "cpu",
+        engine_taps, _, first_layer = taps._probe(model, traj, n, shape, torch.float32, args.device,
                                                   taps.TapOptions(smooth=True))
         act_bytes = sum(c.width for c in engine_taps) * 4 * n  # every tapped activation, float32
         chunk = int(min(taps.MAX_CHUNK, max(2, taps.CHUNK_BYTES // (act_bytes // n))))
@@ -192,7 +206,7 @@ def main() -> None:
             fx.measure(model, traj, 64, dtype="float32", backend=backend)  # warm-up (numba compiles)
         t_fwd, results = float("inf"), {}
         for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits every column
-            t_fwd = min(t_fwd, best_of(1, lambda: forward_only(model, traj, n, chunk, shape))[0])
+            t_fwd = min(t_fwd, best_of(1, lambda: forward_only(model, traj, n, chunk, shape, args.device))[0])
             for backend in args.backends:
                 with ReduceTimer(backend) as reductions:
                     t, r = best_of(1, lambda: fx.measure(model, traj, n, dtype="float32", backend=backend))
@@ -212,7 +226,7 @@ def main() -> None:
               f"saturation {reference.saturation:.3f}; first layer {reference.first_layer} (the forward pass "
               "alone runs the first layer on the points)\n")
     if args.score_nets:
-        scores_table(args.score_nets, args.score_batch, args.repeat)
+        scores_table(args.score_nets, args.score_batch, args.repeat, args.device)
     print(f"# {time.perf_counter() - started:.0f} s in all, load average {os.getloadavg()[0]:.1f} at the end")
 
 

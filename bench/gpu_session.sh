@@ -12,8 +12,11 @@
 #   tests     CUDA tests, slow CUDA tests, the rest of the suite (8 xdist workers) (~3 min)
 #   sanitize  memcheck, racecheck (one or two blocks per trajectory: many tiles
 #             per block), synccheck, all with FASTEXPR_DEBUG=1, in parallel        (~6 min)
+#   verify    tests and sanitize side by side (less memcheck and synccheck of the
+#             measure kernels): the correctness half in one call                   (~6 min)
 #   traj      host-side and kernel time of the CUDA trajectory_length              (~1 min)
 #   bench     bench_gpu.py (float32 targets, float64), bench_traj_length.py        (~6 min)
+#   taps      bench_taps.py on the GPU: cuda taps backend against the torch hooks  (~3 min)
 #   profile   exact walker cuda vs cpu, resource report and SASS, ncu profiles     (~4 min)
 # Every step runs under a time limit and the session goes on past failures; OUTDIR/summary.md
 # records each step's exit status, time and last line. Exit status: 0 when every step passed.
@@ -22,7 +25,7 @@
 # not finish in 330 s, so each racecheck step now takes one configuration, side by side.
 set -u
 
-OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [tests] [sanitize] [traj] [bench] [profile]}
+OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [tests] [sanitize] [verify] [traj] [bench] [taps] [profile]}
 shift
 GROUPS_TO_RUN=${*:-setup tests sanitize traj bench profile}
 mkdir -p "$OUT"
@@ -116,10 +119,18 @@ group_setup() {
 }
 
 group_tests() {
+  group_cuda_tests
+  group_suite
+}
+
+group_cuda_tests() {
   step test_cuda 300 "${PYTEST[@]}" tests/test_cuda.py tests/test_cuda_exact.py tests/test_cuda_host.py \
     tests/test_taps_cuda.py -m "not slow" --durations=15
   step test_cuda_slow 90 "${PYTEST[@]}" tests/test_cuda.py -m slow
-  step test_suite 240 "${PYTEST[@]}" -n 8 tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
+}
+
+group_suite() {
+  step test_suite 300 "${PYTEST[@]}" -n 6 tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
     --ignore=tests/test_cuda_host.py --ignore=tests/test_taps_cuda.py --durations=10
 }
 
@@ -147,6 +158,31 @@ group_sanitize() {
   unset FASTEXPR_DEBUG
 }
 
+# tests and the sanitizer runs that the last session had not done, at once: the GPU is shared by them.
+group_verify() {
+  local tiles="many_tiles_per_block and" config
+  group_cuda_tests &
+  group_suite &
+  for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one configuration per process
+    step "racecheck_$config" 330 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
+      "${PYTEST[@]}" tests/test_cuda.py -x -k "$tiles arc and $config" &
+  done
+  { step memcheck_taps 90 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_taps_cuda.py \
+      -x -k "kernel_equals and not 600000x2"
+    step racecheck_taps 90 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
+      "${PYTEST[@]}" tests/test_taps_cuda.py -x -k "kernel_equals and (41x5000 or 9x2049 or 17x33) and hardtanh"
+    step memcheck_traj_length 60 "${SANITIZER[@]}" --tool memcheck "$PY" -c "$TRAJ_LENGTH_PY"
+    step racecheck_traj_length 60 "${SANITIZER[@]}" --tool racecheck "$PY" -c "$TRAJ_LENGTH_PY"
+    step memcheck_exact 60 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" \
+      tests/test_cuda_exact.py -x -k "same_dict or overflow_reruns or few_threads"; } &
+  wait
+}
+
+group_taps() {
+  step bench_taps 240 "$PY" bench/bench_taps.py --device cuda --cnn-points 1048576 --resnet-points 131072 \
+    --score-nets 0 --repeat 3
+}
+
 group_traj() {
   step traj_length_time 120 "$PY" bench/traj_length_time.py
 }
@@ -171,8 +207,8 @@ group_profile() {
 
 for group in $GROUPS_TO_RUN; do
   case $group in
-    setup | tests | sanitize | traj | bench | profile) "group_$group" ;;
-    *) echo "unknown group $group (setup, tests, sanitize, traj, bench, profile)"; FAILED=1 ;;
+    setup | tests | sanitize | verify | traj | bench | taps | profile) "group_$group" ;;
+    *) echo "unknown group $group (setup, tests, sanitize, verify, traj, bench, taps, profile)"; FAILED=1 ;;
   esac
 done
 echo
