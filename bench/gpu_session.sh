@@ -8,15 +8,18 @@
 #
 # Groups, each under 10 minutes (its steps' time limits add up to at most 9.5), so that a
 # session limited to 10 minutes per command runs them one call each on the same machine:
-#   setup     machine report, install, probe, compilation of every kernel         (~3 min)
+#   setup     install, then the compilation of every kernel                       (~2.5 min)
+#   install   machine report, install, probe                                     (~1.5 min)
 #   tests     CUDA tests, slow CUDA tests, the rest of the suite (8 xdist workers) (~3 min)
 #   sanitize  memcheck, racecheck (one or two blocks per trajectory: many tiles
 #             per block), synccheck, all with FASTEXPR_DEBUG=1, in parallel        (~6 min)
 #   verify    tests and sanitize side by side (less memcheck and synccheck of the
-#             measure kernels): the correctness half in one call                   (~6 min)
+#             measure kernels; racecheck on bench/racecheck_measure.py's small runs,
+#             since a test's size did not finish in 330 s): correctness in one call (~5 min)
 #   traj      host-side and kernel time of the CUDA trajectory_length              (~1 min)
 #   bench     bench_gpu.py (float32 targets, float64), bench_traj_length.py        (~6 min)
 #   taps      bench_taps.py on the GPU: cuda taps backend against the torch hooks  (~3 min)
+#   variants  kernel_variants.py: launch bounds without spills against the file's  (~4 min)
 #   profile   exact walker cuda vs cpu, resource report and SASS, ncu profiles     (~4 min)
 # Every step runs under a time limit and the session goes on past failures; OUTDIR/summary.md
 # records each step's exit status, time and last line. Exit status: 0 when every step passed.
@@ -25,7 +28,7 @@
 # not finish in 330 s, so each racecheck step now takes one configuration, side by side.
 set -u
 
-OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [tests] [sanitize] [verify] [traj] [bench] [taps] [profile]}
+OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [install] [tests] [sanitize] [verify] [traj] [bench] [taps] [variants] [profile]}
 shift
 GROUPS_TO_RUN=${*:-setup tests sanitize traj bench profile}
 mkdir -p "$OUT"
@@ -111,11 +114,15 @@ done
 rm -f "$2/measure.o"'
 
 group_setup() {
+  group_install
+  step compile 180 "$PY" -c "$COMPILE_PY"
+}
+
+group_install() {
   step machine 60 bash -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm \
     --format=csv; nvcc --version; ncu --version; compute-sanitizer --version; "$0" --version; "$0" -c "$1"' "$PY" "$MACHINE_PY"
   step install 240 "$PY" -m pip install --no-build-isolation --no-deps -e .
   step backends 90 "$PY" -m fastexpr.cli backends
-  step compile 180 "$PY" -c "$COMPILE_PY"
 }
 
 group_tests() {
@@ -130,7 +137,7 @@ group_cuda_tests() {
 }
 
 group_suite() {
-  step test_suite 300 "${PYTEST[@]}" -n 6 tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
+  step test_suite 300 "${PYTEST[@]}" -n 10 -v tests --ignore=tests/test_cuda.py --ignore=tests/test_cuda_exact.py \
     --ignore=tests/test_cuda_host.py --ignore=tests/test_taps_cuda.py --durations=10
 }
 
@@ -163,9 +170,9 @@ group_verify() {
   local tiles="many_tiles_per_block and" config
   group_cuda_tests &
   group_suite &
-  for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one configuration per process
-    step "racecheck_$config" 330 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
-      "${PYTEST[@]}" tests/test_cuda.py -x -k "$tiles arc and $config" &
+  for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one small run per configuration
+    step "racecheck_$config" 240 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
+      "$PY" bench/racecheck_measure.py "$config" &
   done
   { step memcheck_taps 90 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool memcheck "${PYTEST[@]}" tests/test_taps_cuda.py \
       -x -k "kernel_equals and not 600000x2"
@@ -179,8 +186,25 @@ group_verify() {
 }
 
 group_taps() {
-  step bench_taps 240 "$PY" bench/bench_taps.py --device cuda --cnn-points 1048576 --resnet-points 131072 \
-    --score-nets 0 --repeat 3
+  step bench_taps 200 "$PY" bench/bench_taps.py --device cuda --cnn-points 262144 --resnet-points 32768 \
+    --score-nets 0 --repeat 2
+}
+
+# Launch bounds that leave the kernels without spills (ptxas -v here: f32 w64 at 2 blocks per SM,
+# the others at 1 use up to 255 registers) against the file's.
+group_variants() {
+  local f32=() f64=() w
+  f32+=("FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 2)")
+  f32+=("FX_KERNEL(measure_f32_w128, float, 256, 128, 8, 8, 32, 1)")
+  f32+=("FX_KERNEL(measure_f32_w256, float, 256, 64, 8, 8, 16, 1)")
+  f32+=("FX_KERNEL(measure_f32_w512, float, 256, 32, 8, 8, 8, 1)")
+  for w in 64 128 256 512; do
+    f64+=("$(grep "^FX_KERNEL(measure_f64_w$w," csrc/cuda/measure.cu | sed 's/, 2)$/, 1)/')")
+  done
+  step variants_f32 150 "$PY" bench/kernel_variants.py --widths 64 128 256 512 --points 16777216 \
+    --variant no_spills "${f32[@]}" --variant w64_one_block "FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 1)"
+  step variants_f64 120 "$PY" bench/kernel_variants.py --widths 64 128 256 512 --dtype float64 --points 4194304 \
+    --variant no_spills "${f64[@]}"
 }
 
 group_traj() {
@@ -207,8 +231,9 @@ group_profile() {
 
 for group in $GROUPS_TO_RUN; do
   case $group in
-    setup | tests | sanitize | verify | traj | bench | taps | profile) "group_$group" ;;
-    *) echo "unknown group $group (setup, tests, sanitize, verify, traj, bench, taps, profile)"; FAILED=1 ;;
+    setup | install | tests | sanitize | verify | traj | bench | taps | variants | profile) "group_$group" ;;
+    *) echo "unknown group $group (setup, install, tests, sanitize, verify, traj, bench, taps, variants, profile)"
+       FAILED=1 ;;
   esac
 done
 echo

@@ -78,22 +78,48 @@ def _assert_same(got, want, rtol):
     assert got[5] == want[5]  # non-finite
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (3, 31), (17, 33), (100, 2048), (9, 2049), (41, 5000),
-                                   (600_000, 2)], ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("kind, lo, hi", [(STEP, 0.0, 0.0), (STEP, 0.25, 0.25), (CLAMP, -1.0, 1.0), (CLAMP, 0.0, 6.0),
-                                          (CLAMP, -np.inf, np.inf), (ARGMAX, 0.0, 0.0)],
-                         ids=["relu", "threshold", "hardtanh", "relu6", "smooth", "argmax"])
-def test_kernel_equals_the_cpu_kernel(dtype, shape, kind, lo, hi):
-    _gpu()
+TAP_CASES = [
+    pytest.mark.parametrize("dtype", [torch.float32, torch.float64]),
+    pytest.mark.parametrize("shape", [(1, 1), (2, 1), (3, 31), (17, 33), (100, 2048), (9, 2049), (41, 5000),
+                                      (600_000, 2)], ids=lambda s: f"{s[0]}x{s[1]}"),
+    pytest.mark.parametrize("kind, lo, hi", [(STEP, 0.0, 0.0), (STEP, 0.25, 0.25), (CLAMP, -1.0, 1.0),
+                                             (CLAMP, 0.0, 6.0), (CLAMP, -np.inf, np.inf), (ARGMAX, 0.0, 0.0)],
+                            ids=["relu", "threshold", "hardtanh", "relu6", "smooth", "argmax"]),
+]
+
+
+def _tap_cases(test):
+    for mark in reversed(TAP_CASES):
+        test = mark(test)
+    return test
+
+
+def _tap_inputs(dtype, shape, kind, lo, hi):
+    """Random pre-activations z with ties on the boundary (and -inf for the smooth case) and their h."""
     gen = torch.Generator().manual_seed(hash((shape, kind, lo)) % 2**31)
     z = torch.randn(shape, generator=gen, dtype=torch.float64).mul_(2).to(dtype)
     z[::3, ::2] = lo  # ties on the boundary stay in the lower / inner region
     if kind == ARGMAX:  # window positions 0 .. 8, repeated along the rows
         z = torch.randint(0, 9, shape, generator=gen).to(dtype)
         z[1::2] = z[:-1:2] if shape[0] > 1 else z[1::2]
-    h = _activation(z, kind, lo, hi)
+    return z, _activation(z, kind, lo, hi)
+
+
+@_tap_cases
+def test_torch_backend_equals_the_cpu_kernel(dtype, shape, kind, lo, hi):
+    """The pure-PyTorch taps backend (the GPU's fallback) against the cpu kernel, infinities included."""
+    from fastexpr.backends import taps_torch
+
+    z, h = _tap_inputs(dtype, shape, kind, lo, hi)
+    want = _cpu_reduce()(z, h, kind, lo, hi, 3)
+    _assert_same(taps_torch.reduce(z, h, kind, lo, hi, 3), want, rtol=1e-12 if dtype == torch.float64 else 1e-6)
+
+
+@pytest.mark.gpu
+@_tap_cases
+def test_kernel_equals_the_cpu_kernel(dtype, shape, kind, lo, hi):
+    _gpu()
+    z, h = _tap_inputs(dtype, shape, kind, lo, hi)
     want = _cpu_reduce()(z, h, kind, lo, hi, 3)
     got = taps_cuda.reduce(z.cuda(), h.cuda(), kind, lo, hi, 3)
     _assert_same(got, want, rtol=1e-12 if dtype == torch.float64 else 1e-6)

@@ -113,7 +113,7 @@ struct ScaledNorm {
       ssq = 1.0 + ssq * (scale / a) * (scale / a);
       scale = a;
     } else {
-      ssq += (a / scale) * (a / scale);
+      ssq += a == scale ? 1.0 : (a / scale) * (a / scale);  // inf twice: inf, not inf / inf = NaN
     }
   }
   FX_HD double value() const { return scale * sqrt(ssq); }

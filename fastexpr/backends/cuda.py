@@ -212,15 +212,11 @@ class Config:
 
 
 @functools.lru_cache(maxsize=None)
-def _source_text() -> str:
-    return (cuda_compile.source_dir() / "cuda" / SOURCE).read_text()
-
-
 @functools.lru_cache(maxsize=None)
 def configs() -> tuple[Config, ...]:
     """Every configuration compiled into measure.cu, narrowest first within each dtype."""
     found = []
-    for name, ctype, *numbers in _KERNEL_LINE.findall(_source_text()):
+    for name, ctype, *numbers in _KERNEL_LINE.findall(cuda_compile.source(SOURCE)):
         dtype = np.dtype(np.float32 if ctype == "float" else np.float64)
         found.append(Config(name, dtype, *map(int, numbers)))
     return tuple(sorted(found, key=lambda c: (c.dtype.itemsize, c.width)))
@@ -229,7 +225,7 @@ def configs() -> tuple[Config, ...]:
 @functools.lru_cache(maxsize=None)
 def errors() -> dict[str, int]:
     """The bits of the kernels' ``error`` flag (the FX_ERROR_* lines of measure.cu), by name."""
-    return {name: int(bit) for name, bit in _ERROR_LINE.findall(_source_text())}
+    return {name: int(bit) for name, bit in _ERROR_LINE.findall(cuda_compile.source(SOURCE))}
 
 
 def config_for(plan: Plan, smem_limit: int | None = None) -> Config:

@@ -102,7 +102,7 @@ def _scaled_norm(x, n):
             ssq = 1.0 + ssq * (scale / v) * (scale / v)
             scale = v
         else:
-            ssq += (v / scale) * (v / scale)
+            ssq += 1.0 if v == scale else (v / scale) * (v / scale)  # inf twice: inf, not NaN
     return scale * np.sqrt(ssq)
 
 

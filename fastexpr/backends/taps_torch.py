@@ -42,10 +42,12 @@ def codes(z: torch.Tensor, kind: int, lo: float, hi: float) -> torch.Tensor:
 
 def scaled_norms(d: torch.Tensor) -> torch.Tensor:
     """Row norms of float64 differences ``d``, scaled by each row's largest magnitude so that no
-    square under- or overflows (for rows whose plain sum of squares fell outside the safe range)."""
+    square under- or overflows (for rows whose plain sum of squares fell outside the safe range).
+    As fx::ScaledNorm: a row with an infinite difference has norm inf, one with a NaN NaN."""
     top = d.abs().amax(1, keepdim=True)
-    safe_top = torch.where(top > 0, top, torch.ones_like(top))
-    return ((d / safe_top) ** 2).sum(1).sqrt() * top[:, 0]
+    safe_top = torch.where((top > 0) & (top < torch.inf), top, torch.ones_like(top))
+    norms = ((d / safe_top) ** 2).sum(1).sqrt() * top[:, 0]
+    return torch.where(top[:, 0] == torch.inf, top[:, 0], norms)
 
 
 def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
