@@ -4,6 +4,8 @@ sizing, the launch loop and its de-duplication (NumPy standing in for CuPy, a Nu
 one launch standing in for the kernel)."""
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import shutil
 import sys
@@ -214,7 +216,8 @@ def test_config_for_picks_the_narrowest_that_fits():
 
 
 def test_workers():
-    config = next(c for c in cuda.configs() if c.name == "measure_f32_w128")  # 128 rows, 2 blocks per SM
+    config = dataclasses.replace(next(c for c in cuda.configs() if c.name == "measure_f32_w128"), min_blocks=2)
+    assert config.rows == 128
     assert cuda.workers(config, 1, 0, 2, 132) == 1                       # one pair: one tile
     assert cuda.workers(config, 1, 0, 10**6, 132) == 264                 # one wave
     assert cuda.workers(config, 3, 0, 10**6, 132) == 88

@@ -613,13 +613,17 @@ __device__ __forceinline__ void measure(const Net<T>& net, const Traj& tj, long 
                        hashes + b * cap, cap, smem_size, error);                                       \
   }
 
-// float32: 64 accumulators per thread except at width 64 (32, three blocks per SM).
-FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 3)
-FX_KERNEL(measure_f32_w128, float, 256, 128, 8, 8, 32, 2)
-FX_KERNEL(measure_f32_w256, float, 256, 64, 8, 8, 16, 2)
-FX_KERNEL(measure_f32_w512, float, 256, 32, 8, 8, 8, 2)
+// float32: 64 accumulators per thread except at width 64 (32). Launch bounds that leave no spills
+// (ptxas: 128 registers at width 64, up to 255 at 128-512; width 1024's 512 threads cap it at 128):
+// 1.08-1.14x the rate of the earlier 3 and 2 blocks per SM, which spilled 432-652 bytes per thread
+// (bench/kernel_variants.py on an H100, 2026-11-24; bench/RESULTS.md section 5).
+FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 2)
+FX_KERNEL(measure_f32_w128, float, 256, 128, 8, 8, 32, 1)
+FX_KERNEL(measure_f32_w256, float, 256, 64, 8, 8, 16, 1)
+FX_KERNEL(measure_f32_w512, float, 256, 32, 8, 8, 8, 1)
 FX_KERNEL(measure_f32_w1024, float, 512, 32, 8, 8, 8, 1)
-// float64: 32 accumulators per thread (64 registers).
+// float64: 32 accumulators per thread (64 registers). Two blocks per SM although they spill
+// (264-320 byte stacks): one block per SM without spills ran at 0.78-0.91x (same measurement).
 FX_KERNEL(measure_f64_w64, double, 256, 128, 4, 8, 16, 2)
 FX_KERNEL(measure_f64_w128, double, 256, 64, 4, 8, 8, 2)
 FX_KERNEL(measure_f64_w256, double, 256, 32, 4, 8, 4, 2)
