@@ -651,13 +651,16 @@ def _input_tensor(points: np.ndarray, shape, dtype, device):
 
 def _forward(model, x, reduce, options: TapOptions, first=None):
     """Run ``model`` on ``x`` with every tap intercepted (``reduce(layer, spec, z, out)`` for each,
-    when given) and, with ``first`` = (FirstLayer, its output), that output for the layer; the Tapper."""
+    when given) and, with ``first`` = (FirstLayer, its output), that output for the layer; the Tapper.
+    On CUDA in full float32 (TF32 off: fastexpr._fp32)."""
     import torch
+
+    from ._fp32 import full_fp32
 
     paths = _ModulePaths(model)
     tapper = _tapper_class()(paths.stack, reduce, x.shape[0], options, x, first)
     try:
-        with torch.no_grad(), tapper:
+        with torch.no_grad(), full_fp32(x.device), tapper:
             model(x)
     finally:
         paths.close()

@@ -9,7 +9,7 @@ consecutive differences taken and summed in float64; one min/max reduction per l
 for inf or NaN pre-activations.
 It is both a backend and the baseline the benchmarks compare against.
 
-On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends). On the
+On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends: fastexpr._fp32). On the
 CPU, ``measure``'s ``threads`` (1 in a forked child) overrides torch's thread count for the call.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import _threads
+from .._fp32 import full_fp32
 from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, distinct_sorted, pattern_keys
 
 NAME = "torch"
@@ -40,22 +41,6 @@ _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.floa
 def probe() -> None:
     """Raise ImportError if PyTorch cannot be imported."""
     import torch  # noqa: F401
-
-
-@contextlib.contextmanager
-def _full_fp32(device: torch.device):
-    """Disable TF32 for CUDA matmuls inside the block (the previous setting is restored)."""
-    matmul = torch.backends.cuda.matmul
-    if device.type != "cuda":
-        yield
-        return
-    name, value = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
-    saved = getattr(matmul, name)
-    setattr(matmul, name, value)
-    try:
-        yield
-    finally:
-        setattr(matmul, name, saved)
 
 
 class _Tensors:
@@ -212,7 +197,7 @@ def run(plan, start: int, stop: int) -> Partials:
                   nonfinite=torch.zeros(depth, dtype=torch.bool, device=tt.device))
     hashes = []
     chunk = chunk_samples(plan)
-    with torch.no_grad(), _full_fp32(tt.device), cpu_threads(tt.device):
+    with torch.no_grad(), full_fp32(tt.device), cpu_threads(tt.device):
         a = start
         while True:
             b = min(a + chunk, stop)
