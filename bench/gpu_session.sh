@@ -10,22 +10,24 @@
 # session limited to 10 minutes per command runs them one call each on the same machine:
 #   setup     install, then the compilation of every kernel                       (~2.5 min)
 #   install   machine report, install, probe                                     (~1.5 min)
-#   tests     CUDA tests, slow CUDA tests, the rest of the suite (8 xdist workers) (~3 min)
+#   tests     CUDA tests, slow CUDA tests, the rest of the suite (12 xdist workers) (~5 min)
 #   sanitize  memcheck, racecheck (one or two blocks per trajectory: many tiles
 #             per block), synccheck, all with FASTEXPR_DEBUG=1, in parallel        (~6 min)
-#   verify    tests and sanitize side by side (less memcheck and synccheck of the
-#             measure kernels; racecheck on bench/racecheck_measure.py's small runs,
-#             since a test's size did not finish in 330 s): correctness in one call (~5 min)
-#   traj      host-side and kernel time of the CUDA trajectory_length              (~1 min)
-#   bench     bench_gpu.py (float32 targets, float64), bench_traj_length.py        (~6 min)
+#   verify    the CUDA tests, then the suite beside the sanitizer runs (less memcheck and
+#             synccheck of the measure kernels; racecheck on bench/racecheck_measure.py's
+#             small runs: a test's size did not finish in 330 s): correctness in one call (~7 min)
+#   traj      host-side and kernel time of the CUDA trajectory_length, and
+#             bench_traj_length.py against eager and compiled torch               (~3 min)
+#   bench     bench_gpu.py (float32 targets, float64)                              (~6 min)
 #   taps      bench_taps.py on the GPU: cuda taps backend against the torch hooks  (~3 min)
-#   variants  kernel_variants.py: launch bounds without spills against the file's  (~4 min)
+#   variants  kernel_variants.py: candidate configurations against the file's      (~3 min)
 #   profile   exact walker cuda vs cpu, resource report and SASS, ncu profiles     (~4 min)
 # Every step runs under a time limit and the session goes on past failures; OUTDIR/summary.md
 # records each step's exit status, time and last line. Exit status: 0 when every step passed.
-# On the first H100 session (2026-11-24) racecheck needed minutes per test (the sanitizer
-# instruments every kernel of measure.cu's module at load) and two configurations in one step did
-# not finish in 330 s, so each racecheck step now takes one configuration, side by side.
+# On both H100 sessions (2026-11-24) racecheck of a measure test did not finish in 330 s, so the
+# racecheck steps run bench/racecheck_measure.py (one configuration, three tiles; 18-35 s).
+# Device time is 30 minutes a session: the second session used install+verify, then (warm, no
+# reinstall) variants+taps+traj; a call that finds no warm machine costs a start and an install.
 set -u
 
 OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR [setup] [install] [tests] [sanitize] [verify] [traj] [bench] [taps] [variants] [profile]}
@@ -131,7 +133,7 @@ group_tests() {
 }
 
 group_cuda_tests() {
-  step test_cuda 300 "${PYTEST[@]}" tests/test_cuda.py tests/test_cuda_exact.py tests/test_cuda_host.py \
+  step test_cuda 240 "${PYTEST[@]}" -n 4 tests/test_cuda.py tests/test_cuda_exact.py tests/test_cuda_host.py \
     tests/test_taps_cuda.py -m "not slow" --durations=15
   step test_cuda_slow 90 "${PYTEST[@]}" tests/test_cuda.py -m slow
 }
@@ -158,9 +160,9 @@ group_sanitize() {
     step racecheck_taps 90 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" \
       tests/test_taps_cuda.py -x -k "kernel_equals and (41x5000 or 9x2049 or 17x33) and hardtanh"; } &
   local config
-  for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one configuration per process
-    step "racecheck_$config" 330 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" \
-      tests/test_cuda.py -x -k "$tiles arc and $config" &
+  for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one small run per configuration
+    step "racecheck_$config" 240 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
+      "$PY" bench/racecheck_measure.py "$config" &
   done
   step synccheck_measure 300 "${SANITIZER[@]}" --tool synccheck "${PYTEST[@]}" tests/test_cuda.py -x \
     -k "($tiles line and (measure_f32_w128 or measure_f64_w64)) or around_its_tile" &
@@ -168,10 +170,11 @@ group_sanitize() {
   unset FASTEXPR_DEBUG
 }
 
-# tests and the sanitizer runs that the last session had not done, at once: the GPU is shared by them.
+# The CUDA tests alone (82 s with -n 4 on an H100; beside the sanitizers they did not finish in
+# 300 s), then the rest of the suite beside the sanitizer runs that need no time alone.
 group_verify() {
-  local tiles="many_tiles_per_block and" config
-  group_cuda_tests &
+  local config
+  group_cuda_tests
   group_suite &
   for config in measure_f32_w64 measure_f32_w1024 measure_f64_w128; do  # one small run per configuration
     step "racecheck_$config" 240 env FASTEXPR_DEBUG=1 "${SANITIZER[@]}" --tool racecheck --racecheck-report hazard \
@@ -193,30 +196,23 @@ group_taps() {
     --score-nets 0 --repeat 2
 }
 
-# Launch bounds that leave the kernels without spills (ptxas -v here: f32 w64 at 2 blocks per SM,
-# the others at 1 use up to 255 registers) against the file's.
+# Candidates against the file's kernels (compiled here; ptxas: 255 registers, 8-40 bytes of spills):
+# width 1024 at 256 threads (its 512-thread blocks cap registers at 128 and spill 652 bytes), and
+# a k-tile twice as deep at widths 256 and 512 (the first profile found their loops short).
 group_variants() {
-  local f32=() f64=() w
-  f32+=("FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 2)")
-  f32+=("FX_KERNEL(measure_f32_w128, float, 256, 128, 8, 8, 32, 1)")
-  f32+=("FX_KERNEL(measure_f32_w256, float, 256, 64, 8, 8, 16, 1)")
-  f32+=("FX_KERNEL(measure_f32_w512, float, 256, 32, 8, 8, 8, 1)")
-  for w in 64 128 256 512; do
-    f64+=("$(grep "^FX_KERNEL(measure_f64_w$w," csrc/cuda/measure.cu | sed 's/, 2)$/, 1)/')")
-  done
-  step variants_f32 150 "$PY" bench/kernel_variants.py --widths 64 128 256 512 --points 16777216 \
-    --variant no_spills "${f32[@]}" --variant w64_one_block "FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 1)"
-  step variants_f64 120 "$PY" bench/kernel_variants.py --widths 64 128 256 512 --dtype float64 --points 4194304 \
-    --variant no_spills "${f64[@]}"
+  step variants_f32 200 "$PY" bench/kernel_variants.py --widths 256 512 1024 --points 8388608 \
+    --variant w1024_256_threads "FX_KERNEL(measure_f32_w1024, float, 256, 16, 4, 16, 8, 1)" \
+    --variant deeper_k_tile "FX_KERNEL(measure_f32_w256, float, 256, 64, 8, 8, 32, 1)" \
+    "FX_KERNEL(measure_f32_w512, float, 256, 32, 8, 8, 16, 1)"
 }
 
 group_traj() {
   step traj_length_time 120 "$PY" bench/traj_length_time.py
+  step bench_traj_length 150 "$PY" bench/bench_traj_length.py --devices cuda
 }
 
 group_bench() {
   step bench_gpu 420 "$PY" bench/bench_gpu.py --out "$OUT/bench_gpu.json"
-  step bench_traj_length 150 "$PY" bench/bench_traj_length.py --devices cuda
 }
 
 group_profile() {
