@@ -183,7 +183,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bw = bandwidth(args.device)
     started = time.perf_counter()
-    where = torch.cuda.get_device_name(args.device) if args.device != "cpu" else platform.processor() or platform.machine()
+    where = (torch.cuda.get_device_name(args.device) if args.device != "cpu"
+             else platform.processor() or platform.machine())
     print(f"# {where}, {os.cpu_count()} cores visible, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), memory read {bw / 1e9:.1f} GB/s, "
           f"load average {os.getloadavg()[0]:.1f}\n")

@@ -25,9 +25,10 @@ bfloat16 and float16 are computed in float32 and the result cast back.
 Under ``torch.compile`` forward and backward are torch custom ops
 (``fastexpr::traj_length_forward`` and ``fastexpr::traj_length_backward``), so
 ``torch.compile(fullgraph=True)`` works on every implementation; eager calls skip the ops'
-dispatch (a plain ``torch.autograd.Function`` over the same implementations). Double (and higher) backward is supported: with ``create_graph=True`` the
-gradient is built from torch operations instead of the fused backward, so it is differentiable
-on every implementation; a zero-length segment contributes zero to every derivative.
+dispatch (a plain ``torch.autograd.Function`` over the same implementations). Double (and
+higher) backward is supported: with ``create_graph=True`` the gradient is built from torch
+operations instead of the fused backward, so it is differentiable on every implementation; a
+zero-length segment contributes zero to every derivative.
 """
 from __future__ import annotations
 

@@ -212,7 +212,6 @@ class Config:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def configs() -> tuple[Config, ...]:
     """Every configuration compiled into measure.cu, narrowest first within each dtype."""
     found = []

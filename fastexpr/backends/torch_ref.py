@@ -9,8 +9,9 @@ consecutive differences taken and summed in float64; one min/max reduction per l
 for inf or NaN pre-activations.
 It is both a backend and the baseline the benchmarks compare against.
 
-On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends: fastexpr._fp32). On the
-CPU, ``measure``'s ``threads`` (1 in a forked child) overrides torch's thread count for the call.
+On CUDA, float32 matmuls run with TF32 disabled (full fp32, like the other backends:
+fastexpr._fp32). On the CPU, ``measure``'s ``threads`` (1 in a forked child) overrides torch's
+thread count for the call.
 """
 from __future__ import annotations
 
