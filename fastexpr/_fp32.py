@@ -2,12 +2,19 @@
 
 PyTorch lets cuDNN convolutions (by default) and matmuls (where the user asked) round float32
 operands to TF32's 10-bit mantissa. fastexpr compares pre-activations with thresholds and sums
-lengths, so the forward passes it makes run in full float32, as its own kernels compute; the
-previous settings are restored after the block. Not thread-safe: the switches are process-wide.
+lengths, so the forward passes it makes run in full float32, as its own kernels compute. The
+switches are process-wide: the first block to enter (of any thread) saves them and the last to
+leave restores them, so overlapping blocks in several threads leave the user's settings as
+they found them.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
+
+_lock = threading.Lock()
+_open = 0       # blocks inside full_fp32 now, over all threads
+_saved = None   # the settings the first of them found
 
 
 def _switches():
@@ -25,15 +32,22 @@ def full_fp32(device):
     """TF32 off inside the block when ``device`` is a CUDA device (elsewhere nothing changes)."""
     import torch
 
+    global _open, _saved
     if torch.device(device).type != "cuda":
         yield
         return
     switches = _switches()
-    saved = [getattr(owner, name) for owner, name, _ in switches]
-    for owner, name, value in switches:
-        setattr(owner, name, value)
+    with _lock:
+        if _open == 0:
+            _saved = [getattr(owner, name) for owner, name, _ in switches]
+            for owner, name, value in switches:
+                setattr(owner, name, value)
+        _open += 1
     try:
         yield
     finally:
-        for (owner, name, _), value in zip(switches, saved):
-            setattr(owner, name, value)
+        with _lock:
+            _open -= 1
+            if _open == 0:
+                for (owner, name, _), value in zip(switches, _saved):
+                    setattr(owner, name, value)

@@ -30,6 +30,36 @@ def test_cuda_devices_run_in_full_float32_and_restore(device):
     assert _state() == before
 
 
+def test_overlapping_blocks_in_threads_restore_the_first_settings():
+    """Thread A enters, B enters, A leaves, B leaves: the settings A found come back, not B's."""
+    import threading
+
+    before = _state()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside_b_after_a_left = []
+
+    def a():
+        with full_fp32("cuda"):
+            a_in.set()
+            b_in.wait()
+        a_out.set()
+
+    def b():
+        a_in.wait()
+        with full_fp32("cuda"):
+            b_in.set()
+            a_out.wait()
+            inside_b_after_a_left.append(_state())
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert inside_b_after_a_left == [_full()]  # A's exit did not restore while B was inside
+    assert _state() == before
+
+
 def test_the_cpu_is_left_alone():
     before = _state()
     with full_fp32("cpu"):
