@@ -158,7 +158,7 @@ def naswot(model, x, per_tap: bool = False, dtype="float64"):
     """
     import torch
 
-    from .backends.taps_torch import codes as region_codes
+    from .backends.taps_torch import all_finite, codes as region_codes
 
     check_model(model)
     model, torch_dtype, device = _model_dtype_device(model, dtype)
@@ -166,7 +166,7 @@ def naswot(model, x, per_tap: bool = False, dtype="float64"):
     kernels = []  # per tap with per_tap, else one running sum
 
     def reduce(layer, spec, z, out):
-        _finite(layer, not bool(torch.isfinite(z).all()))
+        _finite(layer, not all_finite(z))
         k = _agreements(region_codes(z.detach().reshape(z.shape[0], -1), spec.kind, spec.lo, spec.hi), spec.kind)
         if per_tap or not kernels:
             kernels.append(k)

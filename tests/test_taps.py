@@ -835,3 +835,16 @@ def test_bad_tap_options():
         fx.measure(nn.Sequential(nn.Conv2d(1, 1, 3), nn.GELU()), traj, 10, smooth_sign="yes")
     with pytest.raises(ValueError, match="apply to torch models"):
         fx.measure(fx.random_mlp(2, 4, 3, seed=0), fx.line(np.zeros(3), np.ones(3)), 10, maxpool_argmax=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+def test_all_finite_agrees_with_isfinite(dtype, bad):
+    """The torch backend's and the scores' non-finite check (one min/max reduction) against isfinite."""
+    from fastexpr.backends.taps_torch import all_finite
+
+    z = torch.randn(9, 31, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if bad is not None:
+        z[4, 17] = bad
+    assert all_finite(z) == bool(torch.isfinite(z).all()) == (bad is None)
+    assert all_finite(z[:0]) and all_finite(torch.tensor(2.0, dtype=dtype))

