@@ -462,3 +462,24 @@ def test_probe_without_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(ImportError, match="CuPy is not installed"):
         cuda.probe()
+
+
+def test_configurations_come_from_the_compiled_source(monkeypatch):
+    """cuda.configs() parses the text cuda_compile.source gives, the same text NVRTC compiles, so
+    that a patched source (bench/kernel_variants.py, bench/racecheck_measure.py) sizes its grids by
+    its own launch bounds."""
+    full = cuda_compile.source
+
+    def patched(filename, root=None):
+        return full(filename, root).replace("FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 2)",
+                                            "FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 3)")
+
+    assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 2
+    monkeypatch.setattr(cuda_compile, "source", patched)
+    cuda.configs.cache_clear()
+    try:
+        assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 3
+    finally:
+        monkeypatch.undo()
+        cuda.configs.cache_clear()
+    assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 2
