@@ -469,17 +469,18 @@ def test_configurations_come_from_the_compiled_source(monkeypatch):
     that a patched source (bench/kernel_variants.py, bench/racecheck_measure.py) sizes its grids by
     its own launch bounds."""
     full = cuda_compile.source
+    line = re.search(r"^FX_KERNEL\(measure_f32_w64, .*, (\d+)\)$", full(cuda.SOURCE), re.MULTILINE)
+    blocks = int(line.group(1))
+    other = line.group(0)[: line.start(1) - line.start(0)] + f"{blocks + 1})"
 
     def patched(filename, root=None):
-        return full(filename, root).replace("FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 2)",
-                                            "FX_KERNEL(measure_f32_w64, float, 256, 128, 4, 8, 32, 3)")
+        return full(filename, root).replace(line.group(0), other)
 
-    assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 2
     monkeypatch.setattr(cuda_compile, "source", patched)
     cuda.configs.cache_clear()
     try:
-        assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 3
+        assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == blocks + 1
     finally:
         monkeypatch.undo()
         cuda.configs.cache_clear()
-    assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == 2
+    assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == blocks
