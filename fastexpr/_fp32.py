@@ -2,29 +2,56 @@
 
 PyTorch lets cuDNN convolutions (by default) and matmuls (where the user asked) round float32
 operands to TF32's 10-bit mantissa. fastexpr compares pre-activations with thresholds and sums
-lengths, so the forward passes it makes run in full float32, as its own kernels compute. The
-switches are process-wide: the first block to enter (of any thread) saves them and the last to
-leave restores them, so overlapping blocks in several threads leave the user's settings as
-they found them.
+lengths, so the forward passes it makes run in full float32, as its own kernels compute.
+
+Switched with PyTorch's documented pair of settings, ``torch.set_float32_matmul_precision`` and
+``torch.backends.cudnn.allow_tf32``, which recent PyTorch keeps consistent with its per-operator
+``fp32_precision`` settings, so code inside the block may read either (``torch.backends.cudnn.flags()``
+does); where the user's own mix of the two APIs makes a getter raise, the per-operator settings
+are saved and put back instead. The settings are process-wide: the first block to enter (of any
+thread) saves them and the last to leave restores them.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 _lock = threading.Lock()
 _open = 0       # blocks inside full_fp32 now, over all threads
-_saved = None   # the settings the first of them found
+_saved = None   # [(setter, value)] as the first of them found the settings
 
 
-def _switches():
-    """(owner, attribute, full-float32 value) of the two TF32 switches, in this torch's spelling."""
+def _readable(owner, names) -> list:
+    """[(setter, value)] of the first of ``names`` that ``owner`` has and that reads without raising."""
+    for name in names:
+        try:
+            return [(functools.partial(setattr, owner, name), getattr(owner, name))]
+        except (AttributeError, RuntimeError):
+            continue
+    return []
+
+
+def _save() -> list:
+    """How to put back every TF32 setting as it is now: [(setter, value)]."""
     import torch
 
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
-    return [(matmul, "fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else (matmul, "allow_tf32", False),
-            (conv, "fp32_precision", "ieee") if hasattr(conv, "fp32_precision") else (cudnn, "allow_tf32", False)]
+    cudnn = torch.backends.cudnn
+    try:
+        saved = [(torch.set_float32_matmul_precision, torch.get_float32_matmul_precision())]
+    except RuntimeError:  # PyTorch refuses to read it after a mix of its two APIs
+        saved = _readable(torch.backends.cuda.matmul, ("allow_tf32", "fp32_precision"))
+    try:
+        saved.append((functools.partial(setattr, cudnn, "allow_tf32"), cudnn.allow_tf32))
+    except RuntimeError:
+        for owner in (cudnn, getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)):
+            saved += _readable(owner, ("fp32_precision",))
+    return saved
+
+
+def _restore(saved: list) -> None:
+    for setter, value in saved:
+        setter(value)
 
 
 @contextlib.contextmanager
@@ -36,12 +63,16 @@ def full_fp32(device):
     if torch.device(device).type != "cuda":
         yield
         return
-    switches = _switches()
     with _lock:
         if _open == 0:
-            _saved = [getattr(owner, name) for owner, name, _ in switches]
-            for owner, name, value in switches:
-                setattr(owner, name, value)
+            saved = _save()
+            try:
+                torch.set_float32_matmul_precision("highest")
+                torch.backends.cudnn.allow_tf32 = False
+            except BaseException:
+                _restore(saved)
+                raise
+            _saved = saved
         _open += 1
     try:
         yield
@@ -49,5 +80,4 @@ def full_fp32(device):
         with _lock:
             _open -= 1
             if _open == 0:
-                for (owner, name, _), value in zip(switches, _saved):
-                    setattr(owner, name, value)
+                _restore(_saved)
