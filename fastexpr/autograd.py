@@ -65,9 +65,23 @@ def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "aut
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.float()
     rows, closed = rows.contiguous(), bool(closed)
-    if torch.compiler.is_compiling():
+    if _seen_by_a_tracer(rows):
         return _forward_op(rows, closed, name)[0].to(h.dtype)
     return _EagerLength.apply(rows, closed, name).to(h.dtype)
+
+
+def _seen_by_a_tracer(rows: torch.Tensor) -> bool:
+    """Whether a compiler, tracer or transform sees this call (``torch.compile``, ``torch.func``'s
+    vmap/grad/jacrev, ``make_fx``, AOTAutograd, a tensor subclass): they understand the custom
+    ops, not a Function whose kernels read raw memory. Unknown internals count as traced."""
+    if torch.compiler.is_compiling() or type(rows) is not torch.Tensor:
+        return True
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+        return torch._C._functorch.maybe_current_level() is not None or bool(_get_current_dispatch_mode_stack())
+    except (ImportError, AttributeError):
+        return True
 
 
 def unavailable_reason(name: str, device: torch.device | str) -> str | None:
@@ -91,7 +105,8 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
 # Under ``torch.compile`` the two halves are torch custom ops (``torch.library``), so that it
 # (also with ``fullgraph=True``) treats every implementation as one opaque call with a known
 # output shape instead of tracing into numba, CuPy or the extension. Eager calls take a plain
-# ``torch.autograd.Function`` over the same implementations: the custom ops' dispatch costs more
+# ``torch.autograd.Function`` over the same implementations (``_seen_by_a_tracer`` decides): the
+# custom ops' dispatch costs more
 # than the kernels on small inputs (forward + backward of a 64 x 64 float32 h on the 2-core CPU:
 # 188 us through the ops, 77 us through the Function, 24 us in the kernels; on the H100 machine's
 # host the ops' backend_impl alone took 0.34 ms per call). ``impl`` names the implementation.

@@ -233,6 +233,25 @@ def test_compile_fullgraph_matches_eager(name):
         torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["cpu", "numba", "torch"])
+def test_transforms_and_tracers_see_the_custom_ops(name):
+    """torch.func.vmap and make_fx go through the custom ops: the eager Function, whose kernels
+    read raw memory, would fail under vmap and be baked into a traced graph as a constant."""
+    reason = autograd.unavailable_reason(name, "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def length(h):
+        return trajectory_length(h, backend=name)
+
+    batch = randn(3, 6, 4, seed=12)
+    torch.testing.assert_close(torch.func.vmap(length)(batch), torch.stack([length(h) for h in batch]))
+    graph = make_fx(length)(batch[0])
+    torch.testing.assert_close(graph(batch[1]), length(batch[1]))
+    torch.testing.assert_close(graph(torch.zeros(6, 4, dtype=batch.dtype)), torch.zeros((), dtype=batch.dtype))
+
+
 def test_custom_ops_pass_opcheck():
     """The registrations (schema, fake kernels, autograd) are consistent, per torch.library."""
     h = randn(6, 4, seed=9).requires_grad_()
