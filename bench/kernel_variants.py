@@ -79,6 +79,8 @@ def main() -> int:
         patch(json.loads(args.child))
         print(json.dumps(time_widths(args.widths, args.dtype, args.points, args.repeats)))
         return 0
+    if any(len(v) < 2 for v in args.variant):
+        p.error("each --variant takes a name and at least one FX_KERNEL line")
     variants = [("file", [])] + [(v[0], v[1:]) for v in args.variant]
     results = {}
     for name, lines in variants:
