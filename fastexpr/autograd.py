@@ -60,14 +60,13 @@ def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "aut
         raise ValueError(f"trajectory_length needs at least two samples along dim 0, got shape {tuple(h.shape)}")
     if h[0].numel() == 0:
         raise ValueError(f"trajectory_length needs samples with at least one feature, got shape {tuple(h.shape)}")
-    name = choose_backend(backend, h.device)
     rows = h.reshape(h.shape[0], -1)
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.float()
     rows, closed = rows.contiguous(), bool(closed)
-    if _seen_by_a_tracer(rows):
-        return _forward_op(rows, closed, name)[0].to(h.dtype)
-    return _EagerLength.apply(rows, closed, name).to(h.dtype)
+    if _seen_by_a_tracer(rows):  # the ops resolve ``backend`` when they run, where dynamo does not trace
+        return _forward_op(rows, closed, backend)[0].to(h.dtype)
+    return _EagerLength.apply(rows, closed, choose_backend(backend, h.device)).to(h.dtype)
 
 
 def _seen_by_a_tracer(rows: torch.Tensor) -> bool:
@@ -136,7 +135,10 @@ def _fused_backward(h, norms, grad_out, closed, impl):
 
 @torch.library.custom_op("fastexpr::traj_length_forward", mutates_args=())
 def _forward_op(h: torch.Tensor, closed: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(0-dim length of h's dtype, float64 segment norms) of a contiguous (B, D) float32/float64 h."""
+    """(0-dim length of h's dtype, float64 segment norms) of a contiguous (B, D) float32/float64 h;
+    ``impl`` as ``trajectory_length``'s ``backend`` (resolved here: loading a backend module while
+    ``torch.compile`` traces would break the graph)."""
+    impl = choose_backend(impl, h.device)
     with _library_threads(impl, h):
         return _IMPLEMENTATIONS[impl][0](h, closed)
 
@@ -151,7 +153,7 @@ def _forward_fake(h, closed, impl):
 def _backward_op(h: torch.Tensor, norms: torch.Tensor, grad_out: torch.Tensor, closed: bool,
                  impl: str) -> torch.Tensor:
     """grad_out * d(length)/dh from the forward's norms (first order only: not differentiable)."""
-    return _fused_backward(h, norms, grad_out, closed, impl)
+    return _fused_backward(h, norms, grad_out, closed, choose_backend(impl, h.device))
 
 
 def _library_threads(impl: str, h):

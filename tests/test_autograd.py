@@ -1,6 +1,11 @@
 """fastexpr.trajectory_length: gradients, values and errors, for every implementation usable here."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -250,6 +255,32 @@ def test_transforms_and_tracers_see_the_custom_ops(name):
     graph = make_fx(length)(batch[0])
     torch.testing.assert_close(graph(batch[1]), length(batch[1]))
     torch.testing.assert_close(graph(torch.zeros(6, 4, dtype=batch.dtype)), torch.zeros((), dtype=batch.dtype))
+
+
+def test_compile_fullgraph_in_a_fresh_process():
+    """The first call of a process may be a compiled one: dynamo must not see a backend being
+    loaded (it refuses importlib), for auto and for each named implementation in turn."""
+    script = textwrap.dedent("""
+        import torch
+        from fastexpr.autograd import trajectory_length
+        from fastexpr.backends import BackendUnavailable
+        for name in ["auto", "cpu", "numba", "torch"]:  # none loaded before its compiled call
+            f = torch.compile(lambda h: trajectory_length(h, backend=name), fullgraph=True, backend="aot_eager")
+            h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+            try:
+                value = f(h)
+            except BackendUnavailable:  # e.g. numba not installed
+                continue
+            value.backward()
+            torch.testing.assert_close(value, trajectory_length(h.detach(), backend=name), rtol=0, atol=0)
+            assert h.grad is not None and torch.isfinite(h.grad).all()
+            torch._dynamo.reset()
+        print("ok")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_custom_ops_pass_opcheck():
