@@ -101,14 +101,14 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
     return backends.resolve(backend, device, op="trajectory_length").NAME
 
 
-# Under ``torch.compile`` the two halves are torch custom ops (``torch.library``), so that it
-# (also with ``fullgraph=True``) treats every implementation as one opaque call with a known
-# output shape instead of tracing into numba, CuPy or the extension. Eager calls take a plain
-# ``torch.autograd.Function`` over the same implementations (``_seen_by_a_tracer`` decides): the
-# custom ops' dispatch costs more
-# than the kernels on small inputs (forward + backward of a 64 x 64 float32 h on the 2-core CPU:
-# 188 us through the ops, 77 us through the Function, 24 us in the kernels; on the H100 machine's
-# host the ops' backend_impl alone took 0.34 ms per call). ``impl`` names the implementation.
+# Under ``torch.compile`` (and other tracers and transforms) the two halves are torch custom ops
+# (``torch.library``), so that it, also with ``fullgraph=True``, treats every implementation as
+# one opaque call with a known output shape instead of tracing into numba, CuPy or the extension.
+# Eager calls take a plain ``torch.autograd.Function`` over the same implementations
+# (``_seen_by_a_tracer`` decides): the custom ops' dispatch costs more than the kernels on small
+# inputs (forward + backward of a 64 x 64 float32 h on the 2-core CPU: 188 us through the ops,
+# 77 us through the Function, 24 us in the kernels; on the H100 machine's host the ops'
+# backend_impl alone took 0.34 ms per call). ``impl`` names the implementation.
 
 
 class _EagerLength(torch.autograd.Function):
