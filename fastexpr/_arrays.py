@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import is_real
+
 
 def device_of(x) -> str:
     """``"cuda:N"`` for torch CUDA tensors and CuPy arrays, else ``"cpu"``."""
@@ -64,10 +66,8 @@ def _from_sequence(x, name: str) -> np.ndarray:
         flat = arr.ravel()
         if any(v is None for v in flat):
             raise TypeError(f"{name} contains None")
-        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                   for v in flat):
-            bad = next(v for v in flat if not isinstance(v, (int, float, np.integer, np.floating))
-                       or isinstance(v, (bool, np.bool_)))
+        bad = next((v for v in flat if not is_real(v)), None)
+        if bad is not None:
             raise TypeError(f"{name} must hold real numbers, got an element of type {type(bad).__name__}")
         try:
             return arr.astype(np.float64)

@@ -20,6 +20,8 @@ import operator
 import os
 import threading
 
+from ._checks import is_integer
+
 _local = threading.local()  # .threads: the count ``measure`` asked for in this thread
 _forked_from_threads = False  # this process was forked from one that had native threads
 
@@ -69,12 +71,9 @@ def check(threads) -> int | None:
     """``threads`` as given to ``measure``: None, or a positive int (else TypeError/ValueError)."""
     if threads is None:
         return None
-    try:
-        if isinstance(threads, bool):
-            raise TypeError
-        threads = operator.index(threads)
-    except TypeError:
-        raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}") from None
+    if not is_integer(threads):
+        raise TypeError(f"threads must be a positive integer or None, got {type(threads).__name__}")
+    threads = operator.index(threads)
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     return threads

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from . import _threads, backends
+from ._checks import is_integer
 
 ENV_BACKEND = "FASTEXPR_TRAJ_BACKEND"
 
@@ -257,12 +258,9 @@ def _pool():
 
 def _check_limit(nbytes, what):
     """``nbytes`` as an int if it is a non-negative integer (else TypeError/ValueError)."""
-    try:
-        if isinstance(nbytes, bool):
-            raise TypeError
-        nbytes = operator.index(nbytes)
-    except TypeError:
-        raise TypeError(f"{what} must be a non-negative integer, got {nbytes!r}") from None
+    if not is_integer(nbytes):
+        raise TypeError(f"{what} must be a non-negative integer, got {nbytes!r}")
+    nbytes = operator.index(nbytes)
     if nbytes < 0:
         raise ValueError(f"{what} must be a non-negative integer, got {nbytes}")
     return nbytes

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _threads
 from ._arrays import to_float64
+from ._checks import is_integer
 from .measure import MAX_POINTS, PROGRESS_FROM, _chunks
 from .network import Network
 from .plan import ACTIVATION_CODES, OverflowInForwardPass, splitmix64
@@ -119,10 +120,10 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
 
     if not isinstance(net, Network):
         raise TypeError(f"expected a fastexpr Network, got {type(net).__name__}")
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= net.depth:
+    if not is_integer(layer) or not 1 <= layer <= net.depth:
         raise ValueError(f"layer must be an integer from 1 to {net.depth} (the network's depth), got {layer!r}")
     layer = int(layer)
-    if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)):
+    if not is_integer(n_points):
         raise TypeError(f"n_points must be an integer, got {type(n_points).__name__}")
     if not 2 <= n_points <= MAX_POINTS:
         raise ValueError(f"n_points must be at least 2 and at most 2**62, got {n_points}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backends
+from ._checks import is_integer
 from .network import Network
 from .plan import ARC, CIRCLE, LINE, POLYLINE, DistinctHashes, OverflowInForwardPass
 from .result import Result
@@ -247,7 +248,7 @@ def crossings(net: Network, trajectory, max_crossings: int = 1_000_000, backend:
     """
     from .measure import as_trajectory
 
-    if isinstance(max_crossings, bool) or not isinstance(max_crossings, (int, np.integer)) or max_crossings < 1:
+    if not is_integer(max_crossings) or max_crossings < 1:
         raise ValueError(f"max_crossings must be a positive integer, got {max_crossings!r}")
     traj = as_trajectory(trajectory)
     _check(net, traj)

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from . import _threads, backends
+from ._checks import is_integer
 from .network import Network, from_torch
 from .plan import ACTIVATION_CODES, LINE, POLYLINE, OverflowInForwardPass, Partials, Plan
 from .result import Result
@@ -56,7 +57,7 @@ def _n_points(n_points, trajectory: Trajectory) -> int:
         if trajectory.n_points is None:
             raise ValueError(f"n_points is required for a {trajectory.name} trajectory")
         return trajectory.n_points
-    if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)):
+    if not is_integer(n_points):
         raise TypeError(f"n_points must be an integer, got {type(n_points).__name__}")
     n_points = int(n_points)
     if not 2 <= n_points <= MAX_POINTS:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import device_of, to_float64
+from ._checks import is_integer, is_real
 from .plan import ACTIVATION_CODES
 
 
@@ -105,16 +106,15 @@ def random_mlp(
     extra identity (linear) output layer of that size is appended.
     """
     for name, value in (("depth", depth), ("width", width), ("input_dim", input_dim)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if output_dim is not None and (isinstance(output_dim, bool) or not isinstance(output_dim, (int, np.integer))
-                                   or output_dim < 1):
+    if output_dim is not None and (not is_integer(output_dim) or output_dim < 1):
         raise ValueError(f"output_dim must be a positive integer or None, got {output_dim!r}")
     if not isinstance(activation, str):
         raise TypeError(f"activation must be one name for every hidden layer ('hardtanh', 'relu' or 'identity'), "
                         f"got {type(activation).__name__}; for per-layer activations use fastexpr.from_arrays")
     for name, value in (("sigma_w", sigma_w), ("sigma_b", sigma_b)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if not is_real(value):
             raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     if not (np.isfinite(sigma_w) and np.isfinite(sigma_b) and sigma_w >= 0 and sigma_b >= 0):
         raise ValueError(f"sigma_w and sigma_b must be finite and non-negative, got {sigma_w}, {sigma_b}")

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _threads
 from ._arrays import to_float64
+from ._checks import is_integer, is_real
 from .network import Network
 from .plan import OverflowInForwardPass
 
@@ -118,10 +119,10 @@ def region_map(net: Network, center, u, v, extent: float, resolution: int, backe
     for x, name in zip(vectors, ("center", "u", "v")):
         if x.shape != (net.input_dim,):
             raise ValueError(f"{name} must have shape ({net.input_dim},), the network's input, got {x.shape}")
-    if isinstance(extent, bool) or not isinstance(extent, (int, float, np.integer, np.floating)) or not (
+    if not is_real(extent) or not (
             np.isfinite(extent) and extent > 0):
         raise ValueError(f"extent must be a positive finite number, got {extent!r}")
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+    if not is_integer(resolution):
         raise TypeError(f"resolution must be an integer, got {type(resolution).__name__}")
     if not 2 <= resolution <= MAX_RESOLUTION:
         raise ValueError(f"resolution must be from 2 to {MAX_RESOLUTION}, got {resolution}")

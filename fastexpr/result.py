@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._checks import is_integer
+
 
 @dataclass
 class Result:
@@ -50,7 +52,7 @@ class Result:
                 self, transitions=self.transitions[i], pattern_changes=self.pattern_changes[i],
                 network_changes=self.network_changes[i], distinct_patterns=self.distinct_patterns[i],
                 lengths=self.lengths[i], trajectories=self.trajectories[i])
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        if not is_integer(i):
             raise TypeError(f"a batched Result is indexed by an integer or a slice, got {type(i).__name__}")
         if not -len(self) <= i < len(self):
             raise IndexError(f"trajectory {i} is out of range for a batch of {len(self)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import is_integer
 from .taps import STEP, _backend, _first_row, _model_dtype_device, check_batch_independent, check_model, forward
 
 #: Bytes of tapped activations per forward pass that ``linear_regions`` aims its batches at.
@@ -88,8 +89,7 @@ def linear_regions(model, x, per_tap: bool = False, dtype="float64", backend: st
     model, torch_dtype, device = _model_dtype_device(model, dtype)
     module = _backend(backend, device)
     x = _inputs(x)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
+    if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     kept: dict[int, np.ndarray] = {}  # tap (0: whole network) -> distinct hashes so far
     names = None

@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import multiprocessing
-import numbers
 import os
 import socket
 import time
@@ -31,6 +30,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import _threads
+from ._checks import is_integer, is_real
 
 #: Grid keys and their defaults (those of ``fastexpr measure``); ``n_points`` is None for exact cells.
 DEFAULTS = dict(depth=10, width=128, input_dim=784, activation="hardtanh", sigma_w=4.0, sigma_b=0.5, seed=0,
@@ -66,14 +66,14 @@ def _check_value(key: str, value):
     if key in ("depth", "width", "input_dim", "seed", "n_points"):
         if key == "n_points" and value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_integer(value):
             raise TypeError(f"grid[{key!r}] must hold integers, got {value!r} ({type(value).__name__})")
         least = {"seed": 0, "n_points": 2}.get(key, 1)
         if value < least:
             raise ValueError(f"grid[{key!r}] must hold integers of at least {least}, got {value}")
         return int(value)
     if key in ("sigma_w", "sigma_b"):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_real(value):
             raise TypeError(f"grid[{key!r}] must hold numbers, got {value!r} ({type(value).__name__})")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"grid[{key!r}] must hold finite non-negative numbers, got {value!r}")
@@ -211,7 +211,7 @@ def _check_threads_workers(threads, workers) -> tuple[int | None, int]:
     threads = _threads.check(threads)
     if workers is None:
         return threads, max(1, _threads.default_threads() // (threads or 1))
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+    if not is_integer(workers) or workers < 1:
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     return threads, int(workers)
 
@@ -387,7 +387,7 @@ def measure_sharded(net, trajectory, n_points: int | None = None, shards: int = 
         raise TypeError("measure_sharded takes one trajectory (shard a batch by calling it per trajectory)")
     if not isinstance(net, Network):
         raise TypeError(f"expected a fastexpr Network, got {type(net).__name__}")
-    if isinstance(shards, bool) or not isinstance(shards, numbers.Integral) or shards < 1:
+    if not is_integer(shards) or shards < 1:
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _threads
+from ._checks import is_integer
 from .plan import OverflowInForwardPass, Partials
 from .result import Result
 
@@ -778,7 +779,7 @@ def measure_model(model, trajectories, n_points, backend: str = "auto", dtype="f
     if chunk is None:
         per_sample = sum(c.width for c in taps) * torch_dtype.itemsize
         chunk = int(min(MAX_CHUNK, max(2, CHUNK_BYTES // per_sample)))
-    elif isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 2:
+    elif not is_integer(chunk) or chunk < 2:
         raise ValueError(f"chunk must be an integer of at least 2 samples, got {chunk!r}")
     if torch_dtype.itemsize == 4 and n >= FLOAT32_WARN_FROM:
         warnings.warn(f"float32 at {n:,} samples: neighbouring samples come within float32 rounding of each other, "

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import is_integer
+
 ACTIVATIONS = ("relu", "hardtanh")
 
 
@@ -54,7 +56,7 @@ def _widths(widths, what: str = "(input_dim, n_1, ..., n_L)") -> list[int]:
     """``widths`` as positive ints (a float such as 2.5 is refused, not truncated)."""
     out = []
     for w in widths:
-        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+        if not is_integer(w) or w < 1:
             raise ValueError(f"widths must be {what}, all positive integers, got {tuple(widths)}")
         out.append(int(w))
     return out
@@ -62,7 +64,7 @@ def _widths(widths, what: str = "(input_dim, n_1, ..., n_L)") -> list[int]:
 
 def _width(width, name: str = "width") -> int:
     """A layer width as a positive int."""
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+    if not is_integer(width) or width < 1:
         raise ValueError(f"{name} must be a positive integer, got {width!r}")
     return int(width)
 
@@ -223,7 +225,7 @@ def sweep_transitions(activation: str, widths, layer: int, sigma_w: float, sigma
     if len(widths) < 3 or widths[-1] != 1:
         raise ValueError(f"widths must be (input_dim, n_1, ..., n_L, 1), all positive, got {tuple(widths)}")
     hidden = len(widths) - 2
-    if isinstance(layer, bool) or not 1 <= layer <= hidden:
+    if not is_integer(layer) or not 1 <= layer <= hidden:
         raise ValueError(f"layer must be a hidden layer, 1 to {hidden}, got {layer!r}")
     sigma_w, sigma_b = _sigmas(sigma_w, sigma_b)
     _activation(activation)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import device_of, to_float64
+from ._checks import is_integer
 from .plan import ARC, CIRCLE, KIND_NAMES, LINE, POLYLINE
 
 
@@ -43,7 +44,7 @@ class Trajectory:
         A polyline sample sits at ``s = i (K - 1) / (n_points - 1)``, its segment and fraction
         computed with exact integer arithmetic (fraction 0 exactly on a vertex).
         """
-        if isinstance(n_points, (bool, np.bool_)) or not isinstance(n_points, (int, np.integer)):
+        if not is_integer(n_points):
             raise TypeError(f"n_points must be an integer, got {type(n_points).__name__}")
         n_points = int(n_points)
         if n_points < 2:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import fastexpr as fx
-from fastexpr import backends
+from fastexpr import backends, theory
 
 from .cases import BACKENDS, backend_or_skip
 
@@ -167,3 +167,26 @@ def test_float32_at_high_resolution_warns(net, traj, monkeypatch):
         warnings.simplefilter("error")
         fx.measure(net, traj, 999, dtype="float32")
         fx.measure(net, traj, 1000)
+
+
+INTEGER_ARGUMENTS = {  # a call taking one integer argument, that argument's name, and a valid value
+    "random_mlp depth": (lambda v: fx.random_mlp(v, 3, 2), "depth", 2),
+    "measure n_points": (lambda v: fx.measure(fx.random_mlp(1, 3, 2), fx.line(np.zeros(2), np.ones(2)), v),
+                         "n_points", 100),
+    "crossings max_crossings": (lambda v: fx.crossings(fx.random_mlp(1, 3, 2), fx.line(np.zeros(2), np.ones(2)),
+                                                       max_crossings=v), "max_crossings", 100),
+    "sweep_transitions layer": (lambda v: theory.sweep_transitions("relu", (3, 4, 4, 1), v, 2.0), "layer", 2),
+    "length_growth_bound width": (lambda v: theory.length_growth_bound("relu", v, 1.0), "width", 2),
+}
+
+
+@pytest.mark.parametrize("call", INTEGER_ARGUMENTS.values(), ids=INTEGER_ARGUMENTS.keys())
+def test_integer_arguments_refuse_bools_floats_and_strings(call):
+    """Every integer argument obeys one definition (fastexpr._checks): a bool, a float and a str are
+    refused with the argument's name, never truncated or passed on to fail inside the library."""
+    fn, name, good = call
+    for bad in (True, float(good), good + 0.5, str(good), np.float64(good)):
+        with pytest.raises((TypeError, ValueError), match=name):
+            fn(bad)
+    fn(np.int64(good))  # NumPy integers and 0-d integer tensors are integers
+    fn(torch.tensor(good))
