@@ -10,7 +10,7 @@ import fastexpr as fx
 from fastexpr import exact
 
 from .cases import backend_or_skip, network, trajectory
-from .exact_reference import exact_reference
+from .exact_reference import IllConditioned, exact_reference
 from .reference import reference_measure
 
 EXACT_BACKENDS = ["cpu", "numba"]
@@ -152,6 +152,54 @@ def test_path_along_a_threshold_keeps_the_tie_code():
     cross = fx.crossings(net, fx.line([0.0, -2.0, 1.0], [0.0, 2.0, -1.0]))
     assert not np.any((cross["layer"] == 1) & (cross["neuron"] == 0))
     assert r.transitions[0] == 1
+
+
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+def test_a_neuron_whose_inputs_all_turn_off_takes_the_tie_code_there(backend):
+    """Where every input of a zero-bias relu turns off, its pre-activation is exactly 0 from then on: it
+    takes the tie code at that crossing point (the walker once kept it on until a unit boundary)."""
+    backend_or_skip(backend)
+    chain = fx.from_arrays([np.array([[1.0]]), np.array([[1.0]])], [np.zeros(1), np.zeros(1)], ["relu", "relu"])
+    line = fx.line([1.0], [-2.0])  # z1 = 1 - 3t; z2 = relu(z1) = 0 exactly from t = 1/3
+    r = fx.measure(chain, line, exact=True, backend=backend)
+    assert (r.network_changes, r.distinct_patterns, list(r.transitions)) == (1, 2, [1, 1])
+    cross = fx.crossings(chain, line, backend=backend)
+    np.testing.assert_allclose(cross["t"], [1 / 3, 1 / 3])
+    # Both inputs off on x in [0.28, 0.3] only: the top neuron goes off and back on inside one unit.
+    gap = fx.from_arrays([np.array([[1.0], [-1.0]]), np.array([[1.0, 1.0]])], [np.array([-0.3, 0.28]), np.zeros(1)],
+                         ["relu", "relu"])
+    line = fx.line([1.0], [-1.0])
+    assert list(fx.measure(gap, line, exact=True, backend=backend).transitions) == [2, 2]
+    assert list(fx.measure(gap, line, 2 ** 12 + 1, backend=backend).transitions) == [2, 2]
+    # A saturated hardtanh whose input is left at exactly its threshold takes the inner code 0.
+    held = fx.from_arrays([np.array([[1.0]]), np.array([[1.0]])], [np.zeros(1), np.ones(1)], ["relu", "hardtanh"])
+    line = fx.line([1.0], [-2.0])  # z2 = relu(1 - 3t) + 1: +1 (saturated) until t = 1/3, exactly 1 after
+    assert list(fx.measure(held, line, exact=True, backend=backend).transitions) == [1, 1]
+    # The angle-parametrised walker: x = cos(u) - 2 sin(u) crosses 0 once on the arc, twice on the circle.
+    for path, crossings in ((fx.arc([1.0], [-2.0]), 1), (fx.great_circle([1.0], [-2.0]), 2)):
+        r = fx.measure(chain, path, exact=True, backend=backend)
+        assert (r.network_changes, r.distinct_patterns, list(r.transitions)) == (crossings, 2, [crossings] * 2)
+        sampled = fx.measure(chain, path, 2 ** 12 + 1, backend=backend)
+        assert (sampled.network_changes, list(sampled.transitions)) == (crossings, [crossings] * 2)
+
+
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+@pytest.mark.parametrize("kind", ["line", "arc", "polyline"])
+def test_zero_bias_relu_nets_match_the_exact_reference(backend, kind):
+    """Narrow zero-bias relu nets (random_mlp's default sigma_b = 0) often turn a whole layer off, which
+    leaves the next layer's pre-activations exactly 0: the walker must not see rounding residue there."""
+    backend_or_skip(backend)
+    checked = 0
+    for seed in range(150):
+        net = fx.random_mlp(3, 3, 2, "relu", sigma_w=2.0, seed=seed)
+        traj = trajectory(kind, 2, seed=seed)
+        try:
+            ref = exact_reference(net, traj)
+        except IllConditioned:
+            continue
+        assert_same_counts(fx.measure(net, traj, exact=True, backend=backend), ref)
+        checked += 1
+    assert checked >= 25
 
 
 def test_zero_length_segments_and_repeated_vertices():

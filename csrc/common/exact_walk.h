@@ -95,12 +95,20 @@ FX_HD double positive_mod(double x, double m) {
   return r < 0 ? r + m : r;
 }
 
+// Whether a pre-activation held constant at z has left its code's interval upwards (up) through
+// thr or downwards: beyond thr, or on it where the code's interval is open there (a relu that is on
+// and a saturated hardtanh leave on their threshold: its code is the tie code).
+FX_HD bool constant_beyond(double z, double thr, bool up, bool open) {
+  return up ? (z > thr || (open && z == thr)) : (z < thr || (open && z == thr));
+}
+
 // TRIG: first angle >= u where k0 + R cos(u - phi) rises above (up) or falls below (!up) thr;
-// u itself if it is already past the threshold, NEVER if it never crosses (touching is no crossing).
-FX_HD double trig_exit(double k0, double k1, double k2, double thr, bool up, double u, double tol) {
+// u itself if it is already past the threshold (or constant on it, `open` as in constant_beyond),
+// NEVER if it never crosses (touching is no crossing).
+FX_HD double trig_exit(double k0, double k1, double k2, double thr, bool up, bool open, double u, double tol) {
   const double two_pi = 6.283185307179586476925286766559;
   const double r = hypot(k1, k2);
-  if (r == 0.0) return (up ? k0 > thr : k0 < thr) ? u : NEVER;
+  if (r == 0.0) return constant_beyond(k0, thr, up, open) ? u : NEVER;
   const double v = (thr - k0) / r;
   if (up ? v >= 1.0 : v <= -1.0) return NEVER;   // never beyond the threshold
   if (up ? v <= -1.0 : v >= 1.0) return u;       // always beyond: the code is inconsistent
@@ -125,16 +133,16 @@ FX_HD double exit_time(int act, int code, double k0, double k1, double k2, doubl
   if (KIND == LINEAR_UNIT) {
     if (has_hi && k1 > 0) { best = (hi - k0) / k1; *dir = 1; }
     else if (has_lo && k1 < 0) { best = (lo - k0) / k1; *dir = -1; }
-    else if (has_hi && k1 == 0 && k0 > hi) { best = u; *dir = 1; }   // constant beyond a threshold
-    else if (has_lo && k1 == 0 && k0 < lo) { best = u; *dir = -1; }
+    else if (has_hi && k1 == 0 && constant_beyond(k0, hi, true, code < 0)) { best = u; *dir = 1; }
+    else if (has_lo && k1 == 0 && constant_beyond(k0, lo, false, code > 0)) { best = u; *dir = -1; }
     if (*dir != 0 && !(best >= u)) best = u;  // behind (or NaN from rounding): now
   } else {
     if (has_hi) {
-      const double e = trig_exit(k0, k1, k2, hi, true, u, tol);
+      const double e = trig_exit(k0, k1, k2, hi, true, code < 0, u, tol);
       if (e < best) { best = e; *dir = 1; }
     }
     if (has_lo) {
-      const double e = trig_exit(k0, k1, k2, lo, false, u, tol);
+      const double e = trig_exit(k0, k1, k2, lo, false, code > 0, u, tol);
       if (e < best) { best = e; *dir = -1; }
     }
   }
@@ -360,6 +368,29 @@ FX_HD void forward_layer(const ExactNet& net, ExactScratch& s, long long total, 
   }
 }
 
+// True if no neuron of layer d is in a linear piece: its post-activation is then constant in u.
+FX_HD bool all_constant_codes(const ExactNet& net, const ExactScratch& s, int d) {
+  const long long o = net.offset[d];
+  for (int j = 0; j < net.width[d]; ++j)
+    if (is_linear_code(net.act[d], s.code[o + j])) return false;
+  return true;
+}
+
+// Layer d's Z from scratch within a crossing point (dZ kept as the change since the point began).
+// Used where layer d-1's post-activation is constant: layer d's Z is then exactly constant too
+// (k1 = k2 = 0, and k0 = the bias where every input is off), which rank-k updates would miss by
+// rounding, leaving a zero-bias relu that every input left crossing 0 at a random u.
+template <int KIND>
+FX_HD void refresh_layer(const ExactNet& net, ExactScratch& s, long long total, int d) {
+  const int planes = KIND == TRIG_UNIT ? 3 : 2;
+  const long long o = net.offset[d];
+  for (int c = 0; c < planes; ++c)
+    for (int j = 0; j < net.width[d]; ++j) s.dZ[c * total + o + j] -= s.Z[c * total + o + j];
+  forward_layer<KIND>(net, s, total, d);
+  for (int c = 0; c < planes; ++c)
+    for (int j = 0; j < net.width[d]; ++j) s.dZ[c * total + o + j] += s.Z[c * total + o + j];
+}
+
 FX_HD u64 pattern_key_delta(const ExactNet& net, long long i, int from, int to) {
   u64 h = 0;
   if (from > 0) h -= net.key_pos[i]; else if (from < 0) h -= net.key_neg[i];
@@ -453,12 +484,17 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
     // ---- one crossing point at u: layers in order, each settled before the next ----
     bool any_change = false;
     bool touched_below = false;  // layer d-1's post-activation changed: layer d's Z moved
+    bool constant_below = false;  // layer d-1's post-activation is constant in u (as are all above it)
     for (int d = 0; d < L; ++d) {
       const long long o = net.offset[d];
       const int n = net.width[d], act = net.act[d];
       if (touched_below) layer_exits<KIND>(net, s, total, d, u, tol);
       const int n_flipped = flip_layer<KIND>(net, s, total, d, u, tol, &hash, &out.repairs);
-      if (!touched_below && n_flipped == 0) continue;  // nothing of layer d moved
+      if (!touched_below && n_flipped == 0) {  // nothing of layer d moved; nor can a constant layer's
+        constant_below = false;                // neuron flip later without a change below it
+        continue;
+      }
+      constant_below = constant_below || all_constant_codes(net, s, d);
       // Net code changes of this layer at this point.
       long long jumps = 0;
       for (int q = 0; q < n_flipped; ++q) {
@@ -482,7 +518,10 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
         n_changed = n_flipped;  // s.changed already lists the flipped neurons
       }
       bool changed_here = false;
-      if (d + 1 < L && n_changed > 0) {
+      if (d + 1 < L && n_changed > 0 && constant_below) {
+        refresh_layer<KIND>(net, s, total, d + 1);
+        changed_here = true;
+      } else if (d + 1 < L && n_changed > 0) {
         const int n_out = net.width[d + 1];
         const long long oo = net.offset[d + 1];
         for (int q = 0; q < n_changed; ++q) {

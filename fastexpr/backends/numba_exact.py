@@ -93,11 +93,17 @@ def _bounds(act, code):
 
 
 @_jit
-def _trig_exit(k0, k1, k2, thr, up, u, tol):
+def _constant_beyond(z, thr, up, open_):
+    """Whether a constant pre-activation z has left its code's interval through thr (see exact_walk.h)."""
+    return (z > thr if up else z < thr) or (open_ and z == thr)
+
+
+@_jit
+def _trig_exit(k0, k1, k2, thr, up, open_, u, tol):
     """First angle >= u where k0 + R cos(u - phi) rises above (up) or falls below thr; u if already past, else NEVER."""
     r = math.hypot(k1, k2)
     if r == 0.0:
-        return u if (k0 > thr if up else k0 < thr) else NEVER
+        return u if _constant_beyond(k0, thr, up, open_) else NEVER
     v = (thr - k0) / r
     if (v >= 1.0) if up else (v <= -1.0):  # never beyond the threshold
         return NEVER
@@ -127,19 +133,19 @@ def _exit_time(trig, act, code, k0, k1, k2, u, tol):
             best, d = (hi - k0) / k1, 1
         elif has_lo and k1 < 0:
             best, d = (lo - k0) / k1, -1
-        elif has_hi and k1 == 0 and k0 > hi:  # constant beyond a threshold
+        elif has_hi and k1 == 0 and _constant_beyond(k0, hi, True, code < 0):
             best, d = u, 1
-        elif has_lo and k1 == 0 and k0 < lo:
+        elif has_lo and k1 == 0 and _constant_beyond(k0, lo, False, code > 0):
             best, d = u, -1
         if d != 0 and not best >= u:  # behind (or NaN from rounding): now
             best = u
     else:
         if has_hi:
-            e = _trig_exit(k0, k1, k2, hi, True, u, tol)
+            e = _trig_exit(k0, k1, k2, hi, True, code < 0, u, tol)
             if e < best:
                 best, d = e, 1
         if has_lo:
-            e = _trig_exit(k0, k1, k2, lo, False, u, tol)
+            e = _trig_exit(k0, k1, k2, lo, False, code > 0, u, tol)
             if e < best:
                 best, d = e, -1
     return best, d
@@ -375,6 +381,15 @@ def _forward_layer(planes, Z, code, total, wt, wo, bias, bo, o, op, n, n_in, act
 
 
 @_jit
+def _all_constant_codes(act, code, o, n):
+    """True if no neuron o .. o+n-1 of a layer is in a linear piece (its post-activation is constant)."""
+    for i in range(o, o + n):
+        if _is_linear(act, code[i]):
+            return False
+    return True
+
+
+@_jit
 def _key_delta(key_pos, key_neg, frm, to):
     """Change of the pattern hash (mod 2^64) when a neuron with keys (key_pos, key_neg) goes from ``frm`` to ``to``."""
     h = np.uint64(0)
@@ -510,6 +525,7 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
         # ---- one crossing point at u: layers in order, each settled before the next ----
         any_change = False
         touched_below = False  # layer d-1's post-activation changed: layer d's Z moved
+        constant_below = False  # layer d-1's post-activation is constant in u (as are all above it)
         for d in range(L):
             o, n, act = offset[d], widths[d], acts[d]
             if touched_below:
@@ -521,8 +537,10 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
                     u, tol, layer_min[d])
                 hsh += dhash
                 repairs += rp
-            if not touched_below and n_flipped == 0:  # nothing of layer d moved
+            if not touched_below and n_flipped == 0:  # nothing of layer d moved; nor can a constant
+                constant_below = False                 # layer's neuron flip later without a change below
                 continue
+            constant_below = constant_below or _all_constant_codes(act, code, o, n)
             # Net code changes of this layer at this point.
             jumps = 0
             for q in range(n_flipped):
@@ -551,7 +569,15 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
                         changed[n_changed] = j
                         n_changed += 1
             changed_here = False
-            if d + 1 < L and n_changed > 0:
+            if d + 1 < L and n_changed > 0 and constant_below:  # exactly constant above: from scratch
+                oo, n_out = offset[d + 1], widths[d + 1]
+                for c in range(planes):
+                    dZ[c * total + oo:c * total + oo + n_out] -= Z[c * total + oo:c * total + oo + n_out]
+                _forward_layer(planes, Z, code, total, wt, wt_off[d + 1], bias, b_off[d + 1], oo, o, n_out, n, act)
+                for c in range(planes):
+                    dZ[c * total + oo:c * total + oo + n_out] += Z[c * total + oo:c * total + oo + n_out]
+                changed_here = True
+            elif d + 1 < L and n_changed > 0:
                 n_out, oo = widths[d + 1], offset[d + 1]
                 for q in range(n_changed):
                     j = changed[q]
