@@ -117,8 +117,7 @@ class _EagerLength(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, closed, impl):
-        with _library_threads(impl, h):
-            length, norms = _IMPLEMENTATIONS[impl][0](h, closed)
+        length, norms = _run_forward(h, closed, impl)
         ctx.save_for_backward(h, norms)
         ctx.closed, ctx.impl = closed, impl
         return length
@@ -127,6 +126,36 @@ class _EagerLength(torch.autograd.Function):
     def backward(ctx, grad_out):
         h, norms = ctx.saved_tensors
         return _gradient(h, norms, grad_out, ctx.closed, ctx.impl, _fused_backward), None, None
+
+
+def _run_forward(h, closed, impl):
+    """(length, float64 segment norms) from implementation ``impl``; for float64 ``h``, the segments
+    whose plain sum of squares under- or overflowed float64 (norms outside about 1e-77 .. 1e154)
+    recomputed scaled, so that no length or gradient is lost to the range of the squares."""
+    with _library_threads(impl, h):
+        length, norms = _IMPLEMENTATIONS[impl][0](h, closed)
+    if h.dtype != torch.float64:  # squares of float32 differences fit float64's range
+        return length, norms
+    unsafe = ((norms < _SAFE_NORM_LO) | ~(norms <= _SAFE_NORM_HI)).nonzero().squeeze(1)
+    if unsafe.numel() == 0:
+        return length, norms
+    norms = norms.clone()
+    norms[unsafe] = _scaled_norms(h[(unsafe + 1) % h.shape[0]] - h[unsafe])
+    return norms.sum().to(h.dtype), norms
+
+
+# A float64 sum of squares q is accurate when 1.49e-154 <= q <= 1.80e308 (fx::SafeSum<double>):
+# its segment norm sqrt(q) lies between these two.
+_SAFE_NORM_LO, _SAFE_NORM_HI = 1.2213386697554620e-77, 1.3407807929942596e154
+
+
+def _scaled_norms(segments):
+    """Row norms of float64 ``segments`` with every row divided by its largest |entry| first, so that
+    no square under- or overflows (as fx::ScaledNorm: inf for a row with an inf, NaN with a NaN).
+    Differentiable in ``segments`` (the scale is a constant: the norm is homogeneous)."""
+    big = segments.detach().abs().amax(dim=1)
+    scale = torch.where(torch.isfinite(big) & (big > 0), big, 1.0)
+    return scale * torch.linalg.vector_norm(segments / scale[:, None], dim=1)
 
 
 def _fused_backward(h, norms, grad_out, closed, impl):
@@ -139,9 +168,7 @@ def _forward_op(h: torch.Tensor, closed: bool, impl: str) -> tuple[torch.Tensor,
     """(0-dim length of h's dtype, float64 segment norms) of a contiguous (B, D) float32/float64 h;
     ``impl`` as ``trajectory_length``'s ``backend`` (resolved here: loading a backend module while
     ``torch.compile`` traces would break the graph)."""
-    impl = choose_backend(impl, h.device)
-    with _library_threads(impl, h):
-        return _IMPLEMENTATIONS[impl][0](h, closed)
+    return _run_forward(h, closed, choose_backend(impl, h.device))
 
 
 @_forward_op.register_fake
@@ -213,7 +240,7 @@ def _differentiable_gradient(h, grad_out, closed):
     same zero subgradient as the fused kernels; the inner ``where`` keeps 1/n out of the graph
     there, so no inf * 0 = nan appears when differentiating again)."""
     segments = _torch_segments(h, closed)
-    norms = torch.linalg.vector_norm(segments, dim=1, dtype=torch.float64)
+    norms = _scaled_norms(segments.double())
     positive = norms > 0
     inverse = torch.where(positive, 1.0 / torch.where(positive, norms, 1.0), 0.0).to(h.dtype)
     return _torch_scatter_segments(segments * (inverse * grad_out.to(h.dtype))[:, None], closed)

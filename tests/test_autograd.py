@@ -367,3 +367,24 @@ def test_float32_extremes_neither_overflow_nor_underflow(impl, scale, upstream, 
     (expected_grad,) = torch.autograd.grad(expected, reference, torch.tensor(upstream, dtype=torch.float64))
     torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0)
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6 * upstream)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1e160, 1e300])
+@pytest.mark.parametrize("closed", [False, True])
+def test_float64_extremes_neither_overflow_nor_underflow(impl, scale, closed):
+    """float64 rows whose differences square outside float64's range: the length scales with h and
+    the gradient does not change (the plain sum of squares gave inf or 0, and a zero gradient)."""
+    h = randn(6, 300, device=impl[1], seed=4)
+    h[3] = h[2]  # one zero-length segment among them
+    base = h.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(plain(base, closed), base)
+    scaled = (h * scale).requires_grad_()
+    value = run(impl, scaled, closed)
+    (grad,) = torch.autograd.grad(value, scaled)
+    torch.testing.assert_close(value / scale, plain(h, closed), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-15)
+    # one huge segment beside ordinary ones
+    mixed = h.clone()
+    mixed[-1] = mixed[-2] + 1e200
+    torch.testing.assert_close(run(impl, mixed, closed) / 1e200, torch.tensor(2 * np.sqrt(300.0), dtype=torch.float64)
+                               if closed else torch.tensor(np.sqrt(300.0), dtype=torch.float64), rtol=1e-12, atol=0)
