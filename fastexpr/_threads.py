@@ -67,8 +67,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Most threads one call may ask for: far beyond any machine's cores, yet well inside what the
+#: thread pools can start (torch's crashed at 100,000 and the extension's int takes < 2^31).
+MAX_THREADS = 1024
+
+
 def check(threads) -> int | None:
-    """``threads`` as given to ``measure``: None, or a positive int (else TypeError/ValueError)."""
+    """``threads`` as given to ``measure``: None, or an int from 1 to MAX_THREADS (else TypeError/ValueError)."""
     if threads is None:
         return None
     if not is_integer(threads):
@@ -76,6 +81,9 @@ def check(threads) -> int | None:
     threads = operator.index(threads)
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads must be at most {MAX_THREADS} (this machine has {default_threads()} usable cores), "
+                         f"got {threads}")
     return threads
 
 

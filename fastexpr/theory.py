@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import is_integer
+from ._checks import is_integer, is_real
 
 ACTIVATIONS = ("relu", "hardtanh")
 
@@ -69,16 +69,35 @@ def _width(width, name: str = "width") -> int:
     return int(width)
 
 
+#: Largest sigma_w or sigma_b taken: the closed forms square them (and q) in float64.
+MAX_SIGMA = 1e100
+
+
+def _real(value, name: str, at_most: float = math.inf) -> float:
+    """``value`` as a float: a real number (no bool, str or None), finite, from 0 to ``at_most``."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and 0 <= value <= at_most):
+        limit = f" and at most {at_most:g}" if at_most < math.inf else ""
+        raise ValueError(f"{name} must be finite and non-negative{limit}, got {value}")
+    return value
+
+
 def _sigmas(sigma_w: float, sigma_b: float) -> tuple[float, float]:
-    sigma_w, sigma_b = float(sigma_w), float(sigma_b)
-    if not (math.isfinite(sigma_w) and math.isfinite(sigma_b) and sigma_w >= 0 and sigma_b >= 0):
-        raise ValueError(f"sigma_w and sigma_b must be finite and non-negative, got {sigma_w}, {sigma_b}")
-    return sigma_w, sigma_b
+    return _real(sigma_w, "sigma_w", MAX_SIGMA), _real(sigma_b, "sigma_b", MAX_SIGMA)
 
 
 def arrangement_regions(hyperplanes: int, dim: int) -> int:
     """Most regions ``sum_{i=0}^{dim} C(hyperplanes, i)`` that hyperplanes cut R^dim into."""
-    return sum(math.comb(hyperplanes, i) for i in range(dim + 1))
+    for value, name in ((hyperplanes, "hyperplanes"), (dim, "dim")):
+        if not is_integer(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    hyperplanes, dim = int(hyperplanes), int(dim)
+    return sum(math.comb(hyperplanes, i) for i in range(min(dim, hyperplanes) + 1))  # C(n, i) = 0 for i > n
 
 
 def activation_pattern_bound(widths, activation: str = "relu") -> int:
@@ -120,8 +139,8 @@ def transitions_per_length(activation: str, width: int, sigma_w: float, sigma_b:
         q = mean_field(activation, sigma_w, sigma_b).q_star
         if not 0 < q < math.inf or (activation == "relu" and sigma_b == 0):  # relu, no bias: no scale of its own
             raise ValueError(f"the mean field fixes no pre-activation variance here (q* = {q}); pass q")
-    q = float(q)
-    if not (math.isfinite(q) and q > 0):
+    q = _real(q, "q")
+    if not q > 0:
         raise ValueError(f"q must be finite and positive, got {q}")
     thresholds = (0.0,) if _activation(activation) == "relu" else (-1.0, 1.0)
     crossings = sum(math.exp(-c * c / (2 * q)) for c in thresholds)
@@ -133,14 +152,35 @@ def _normal_pdf(x: float) -> float:
 
 
 def second_moments(activation: str, q: float) -> tuple[float, float]:
-    """``(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2])`` for z ~ N(0, 1), in closed form."""
+    """``(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2])`` for z ~ N(0, 1), in closed form (q >= 0;
+    hard-tanh also at q = inf, its limit (1, 0))."""
+    if not is_real(q):
+        raise TypeError(f"q must be a real number, got {q!r} ({type(q).__name__})")
+    q = float(q)
+    if not q >= 0 or (q == math.inf and activation != "hardtanh"):
+        raise ValueError(f"q must be non-negative{'' if activation == 'hardtanh' else ' and finite'}, got {q}")
     if _activation(activation) == "relu":
         return q / 2, 0.5
     if q == 0:
         return 0.0, 1.0
+    if q == math.inf:
+        return 1.0, 0.0
     c = 1 / math.sqrt(q)  # hard-tanh is linear on |z| < c
     inside = math.erf(c / math.sqrt(2))  # P(|z| < c)
-    return q * (inside - 2 * c * _normal_pdf(c)) + (1 - inside), inside
+    return q * _linear_part(c, inside) + (1 - inside), inside
+
+
+def _linear_part(c: float, inside: float) -> float:
+    """``E[z^2; |z| < c] = P(|z| < c) - 2 c pdf(c)``; for small c (large q) from its series
+    ``sqrt(2 / pi) sum_{n>=1} (-1)^(n+1) 2n c^(2n+1) / ((2n+1) n! 2^n)``, as the difference
+    cancels (at q = 1e30 it was off by 10%)."""
+    if c >= 0.1:
+        return inside - 2 * c * _normal_pdf(c)
+    total, power = 0.0, c  # power = c^(2n+1) / (n! 2^n), starting at n = 0
+    for n in range(1, 12):
+        power *= -c * c / (2 * n)
+        total -= power * 2 * n / (2 * n + 1)
+    return math.sqrt(2 / math.pi) * total
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,10 @@ def mean_field(activation: str, sigma_w: float, sigma_b: float = 0.0, tol: float
     """q* by fixed-point iteration from q = 1 (relu, and hard-tanh with sigma_b = 0 and sigma_w <= 1,
     where q* = 0: in closed form), and chi_1 at q*."""
     sigma_w, sigma_b = _sigmas(sigma_w, sigma_b)
+    if not is_integer(max_iter) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not is_real(tol) or not tol > 0:
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
     if _activation(activation) == "relu":  # q -> sigma_w^2 q / 2 + sigma_b^2 is linear
         slope = sigma_w ** 2 / 2
         if math.isclose(slope, 1.0, rel_tol=1e-12):  # sigma_w = sqrt(2) (He), up to rounding: q -> q + sigma_b^2
@@ -195,11 +239,8 @@ def mean_field_layers(activation: str, widths, sigma_w, sigma_b=0.0,
     if len(widths) < 2:
         raise ValueError(f"widths must be (input_dim, n_1, ..., n_L), got {tuple(widths)}")
     layers = len(widths) - 1
-    sws = np.broadcast_to(np.asarray(sigma_w, dtype=float), (layers,))
-    sbs = np.broadcast_to(np.asarray(sigma_b, dtype=float), (layers,))
-    second = float(input_second_moment)
-    if not (math.isfinite(second) and second >= 0):
-        raise ValueError(f"input_second_moment must be finite and non-negative, got {second}")
+    sws, sbs = _per_layer(sigma_w, "sigma_w", layers), _per_layer(sigma_b, "sigma_b", layers)
+    second = _real(input_second_moment, "input_second_moment")
     _activation(activation)
     q, growth = np.empty(layers), np.empty(layers)
     for d in range(layers):
@@ -208,6 +249,16 @@ def mean_field_layers(activation: str, widths, sigma_w, sigma_b=0.0,
         second, slope = second_moments(activation, q[d])
         growth[d] = math.sqrt(widths[d + 1] / widths[d] * sw ** 2 * slope)
     return q, growth
+
+
+def _per_layer(values, name: str, layers: int) -> list:
+    """A scalar for every layer, or a sequence of one value per layer."""
+    if np.ndim(values) == 0:
+        return [values] * layers
+    values = list(values)
+    if len(values) != layers:
+        raise ValueError(f"{name} must be one number or {layers} (one per layer), got {len(values)}")
+    return values
 
 
 def sweep_transitions(activation: str, widths, layer: int, sigma_w: float, sigma_b: float = 0.0,
@@ -229,7 +280,7 @@ def sweep_transitions(activation: str, widths, layer: int, sigma_w: float, sigma
         raise ValueError(f"layer must be a hidden layer, 1 to {hidden}, got {layer!r}")
     sigma_w, sigma_b = _sigmas(sigma_w, sigma_b)
     _activation(activation)
-    second = float(input_second_moment)
+    second = _real(input_second_moment, "input_second_moment")
     for _ in range(layer - 1):  # the fixed input through the layers below
         second = second_moments(activation, sigma_w ** 2 * second + sigma_b ** 2)[0]
     moment, slope = second_moments(activation, sigma_w ** 2 * second + sigma_b ** 2)
@@ -249,11 +300,16 @@ def sweep_transitions(activation: str, widths, layer: int, sigma_w: float, sigma
 def random_walk_dichotomies(n_inputs: int, transitions, walks: int = 32, seed=0) -> np.ndarray:
     """Mean distinct labellings visited (start included) by walks on {0, 1}^n_inputs flipping one
     uniformly random label per step, after each number of steps in ``transitions`` (n_inputs <= 63)."""
-    if not 1 <= n_inputs <= 63:
-        raise ValueError(f"n_inputs must be from 1 to 63, got {n_inputs}")
-    steps = np.asarray(transitions, dtype=np.int64)
-    if steps.ndim != 1 or np.any(steps < 0):
-        raise ValueError("transitions must be a 1-D array of non-negative integers")
+    if not is_integer(n_inputs) or not 1 <= n_inputs <= 63:
+        raise ValueError(f"n_inputs must be an integer from 1 to 63, got {n_inputs!r}")
+    if not is_integer(walks) or walks < 1:
+        raise ValueError(f"walks must be a positive integer, got {walks!r}")
+    steps = np.asarray(transitions)
+    if steps.ndim != 1 or not (steps.size == 0 or np.issubdtype(steps.dtype, np.integer)) or np.any(steps < 0):
+        raise ValueError(f"transitions must be a 1-D array of non-negative integers, got {transitions!r}")
+    if steps.size and steps.max() > 1 << 28:
+        raise ValueError(f"transitions must be at most 2**28 steps (a walk's states are stored), got {steps.max()}")
+    steps = steps.astype(np.int64)
     rng = np.random.default_rng(seed)
     longest = int(steps.max(initial=0))
     out = np.zeros(steps.size)

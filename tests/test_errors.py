@@ -190,3 +190,13 @@ def test_integer_arguments_refuse_bools_floats_and_strings(call):
             fn(bad)
     fn(np.int64(good))  # NumPy integers and 0-d integer tensors are integers
     fn(torch.tensor(good))
+
+
+def test_threads_beyond_any_machine_are_refused(net, traj):
+    """torch's pool crashed at threads=100,000 and the extension's int stops at 2^31 (raw pybind11
+    errors); every engine refuses more than fastexpr._threads.MAX_THREADS up front."""
+    for kwargs in (dict(backend="torch"), dict(backend="cpu"), dict(exact=True)):
+        with pytest.raises(ValueError, match="threads must be at most 1024"):
+            fx.measure(net, traj, None if kwargs.get("exact") else 100, threads=100_000, **kwargs)
+    with pytest.raises(ValueError, match="threads must be at most"):
+        fx.region_map(net, np.zeros(3), np.eye(3)[0], np.eye(3)[1], 1.0, 8, threads=2 ** 31)

@@ -212,3 +212,40 @@ def test_random_walk_dichotomies():
     assert 90 < many <= 101                      # on a big cube almost every step is new
     with pytest.raises(ValueError, match="n_inputs"):
         theory.random_walk_dichotomies(64, [1])
+
+
+def test_arrangement_regions_stops_at_the_hyperplanes():
+    """C(n, i) = 0 for i > n: a huge input dimension costs nothing (it once looped over every i)."""
+    assert theory.arrangement_regions(3, 10 ** 12) == 8
+    assert theory.activation_pattern_bound((10 ** 12, 8)) == 2 ** 8
+    assert theory.arrangement_regions(5, 2) == 1 + 5 + 10
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: theory.arrangement_regions(10, -1), ValueError),
+    (lambda: theory.arrangement_regions(-1, 2), ValueError),
+    (lambda: theory.random_walk_dichotomies(3, [1, 2], walks=0), ValueError),
+    (lambda: theory.random_walk_dichotomies(2.5, [1]), ValueError),
+    (lambda: theory.random_walk_dichotomies(3, [1.7, 2.9]), ValueError),  # once truncated to [1, 2]
+    (lambda: theory.random_walk_dichotomies(3, [2 ** 70]), ValueError),
+    (lambda: theory.second_moments("relu", -1.0), ValueError),
+    (lambda: theory.second_moments("hardtanh", -1.0), ValueError),
+    (lambda: theory.second_moments("hardtanh", math.nan), ValueError),
+    (lambda: theory.sweep_transitions("hardtanh", (4, 10, 10, 1), 1, 4.0, 0.5, input_second_moment=-1.0), ValueError),
+    (lambda: theory.mean_field("hardtanh", "4"), TypeError),
+    (lambda: theory.mean_field("hardtanh", True), TypeError),
+    (lambda: theory.mean_field("relu", None), TypeError),
+    (lambda: theory.mean_field("relu", 1e200), ValueError),  # squared: once a raw OverflowError
+    (lambda: theory.mean_field("relu", 2.0, max_iter=2.5), ValueError),
+    (lambda: theory.mean_field_layers("relu", (2, 3, 4), [1.0, 2.0, 3.0]), ValueError),
+    (lambda: theory.length_growth_bound("hardtanh", 10, 1e200), ValueError),
+])
+def test_bad_arguments_are_named(call, error):
+    with pytest.raises(error):
+        call()
+
+
+def test_second_moments_of_hardtanh_at_infinite_variance():
+    assert theory.second_moments("hardtanh", math.inf) == (1.0, 0.0)
+    m, s = theory.second_moments("hardtanh", 1e30)
+    assert m == pytest.approx(1.0) and s < 1e-14
