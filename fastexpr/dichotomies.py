@@ -30,7 +30,7 @@ import numpy as np
 from . import _threads
 from ._arrays import to_float64
 from ._checks import is_integer
-from .measure import MAX_POINTS, PROGRESS_FROM, _chunks
+from .measure import MAX_POINTS, MAX_WORK, PROGRESS_FROM, _chunks, work_per_point
 from .network import Network
 from .plan import ACTIVATION_CODES, OverflowInForwardPass, splitmix64
 
@@ -138,6 +138,12 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
     x = to_float64(inputs, "inputs", ndim=2)
     if x.shape[1] != net.input_dim or x.shape[0] < 1:
         raise ValueError(f"inputs must have shape (n, {net.input_dim}) with n >= 1, got {x.shape}")
+    widths = net.widths[layer - 1:]  # the swept layer's input, and the layers it feeds
+    work = x.shape[0] * n_points * (2 * widths[0] * widths[1] + work_per_point(widths))
+    if work > MAX_WORK:
+        raise ValueError(f"sweeping {n_points:,} points for {x.shape[0]:,} inputs through layers of widths "
+                         f"{tuple(widths[1:])} is about {work:.2g} FLOP-equivalents, more than "
+                         f"fastexpr.measure.MAX_WORK = {MAX_WORK:.2g} (months on a CPU); use fewer points")
     threads = _threads.check(threads)
     name, run = _engine(backend)
     w_b, b_b = _other_end(net, layer, w_b, seed, bool(sweep_bias))

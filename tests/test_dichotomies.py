@@ -134,3 +134,11 @@ def test_overflow_is_reported(layer):
     net = fastexpr.from_arrays(ws, None, ["identity", "identity"])
     with pytest.raises(fastexpr.OverflowInForwardPass, match="layer 2"):  # below the swept layer or above it
         dichotomies(net, layer, np.ones((2, 2)), 10, w_b=np.zeros(ws[layer - 1].shape))
+
+
+def test_work_beyond_the_limit_is_refused():
+    """n_points = 2^62 ran for ever; the sweep now meets measure's MAX_WORK up front."""
+    net = fastexpr.random_mlp(3, 8, 4, sigma_w=4.0, sigma_b=0.5, output_dim=1, seed=0)
+    x = np.random.default_rng(1).standard_normal((10, 4))
+    with pytest.raises(ValueError, match="MAX_WORK"):
+        dichotomies(net, 1, x, 2 ** 62, seed=2)
