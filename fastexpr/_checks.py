@@ -23,6 +23,16 @@ def is_integer(value) -> bool:
     return True
 
 
+def flag(value, name: str, none_ok: bool = False) -> bool | None:
+    """``value`` as a bool: True or False (Python or NumPy), or None where ``none_ok``; anything
+    else, a truthy string such as "no" included, is a TypeError naming ``name``."""
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False{' or None' if none_ok else ''}, got {value!r}")
+    return bool(value)
+
+
 def is_real(value) -> bool:
     """True for an int or a float of Python or NumPy (any ``numbers.Real``); never for a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))

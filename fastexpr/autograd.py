@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import _threads, backends
-from ._checks import is_integer
+from ._checks import flag, is_integer
 
 ENV_BACKEND = "FASTEXPR_TRAJ_BACKEND"
 
@@ -64,7 +64,7 @@ def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "aut
     rows = h.reshape(h.shape[0], -1)
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.float()
-    rows, closed = rows.contiguous(), bool(closed)
+    rows, closed = rows.contiguous(), flag(closed, "closed")
     if _seen_by_a_tracer(rows):  # the ops resolve ``backend`` when they run, where dynamo does not trace
         return _forward_op(rows, closed, backend)[0].to(h.dtype)
     return _EagerLength.apply(rows, closed, choose_backend(backend, h.device)).to(h.dtype)

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _threads
 from ._arrays import to_float64
-from ._checks import is_integer
+from ._checks import flag, is_integer
 from .measure import MAX_POINTS, MAX_WORK, PROGRESS_FROM, _chunks, work_per_point
 from .network import Network
 from .plan import ACTIVATION_CODES, OverflowInForwardPass, splitmix64
@@ -146,7 +146,7 @@ def dichotomies(net: Network, layer: int, inputs, n_points: int, w_b=None, seed=
                          f"fastexpr.measure.MAX_WORK = {MAX_WORK:.2g} (months on a CPU); use fewer points")
     threads = _threads.check(threads)
     name, run = _engine(backend)
-    w_b, b_b = _other_end(net, layer, w_b, seed, bool(sweep_bias))
+    w_b, b_b = _other_end(net, layer, w_b, seed, flag(sweep_bias, "sweep_bias"))
 
     h = x  # layers below the swept one, once per input
     for d, (w, b, act) in enumerate(zip(net.weights[: layer - 1], net.biases[: layer - 1],

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 
 from . import _threads, backends
-from ._checks import is_integer
-from .network import Network, from_torch
+from ._checks import flag, is_integer
+from .network import Network, NotAPlainMLP, from_torch
 from .plan import ACTIVATION_CODES, LINE, POLYLINE, OverflowInForwardPass, Partials, Plan
 from .result import Result
 from .taps import is_torch_module
@@ -278,10 +278,11 @@ def measure(net: Network, trajectory, n_points: int | None = None, backend: str 
         raise ValueError("no trajectory given (empty list)")
     trajs = [as_trajectory(t) for t in trajectory] if batched else [as_trajectory(trajectory)]
     threads = _threads.check(threads)
+    exact, progress = flag(exact, "exact"), flag(progress, "progress", none_ok=True)
     if is_torch_module(net):
         try:  # a plain MLP goes to the fused MLP engine; any other model to the taps engine
             net = from_torch(net)
-        except ValueError:
+        except NotAPlainMLP:
             if exact:
                 raise ValueError("exact=True needs a plain MLP (fastexpr.from_torch); this model goes to the taps "
                                  "engine, which samples") from None

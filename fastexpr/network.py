@@ -126,13 +126,17 @@ def random_mlp(
     return from_arrays(weights, biases, acts)
 
 
+class NotAPlainMLP(ValueError):
+    """from_torch's refusal of a module that is no plain MLP (``measure`` sends it to the taps engine)."""
+
+
 def _check_plain(m, base) -> None:
     """ValueError unless module ``m`` computes exactly what ``base`` (the class fastexpr reads it as) does."""
     if type(m).forward is not base.forward:
-        raise ValueError(f"{type(m).__name__} overrides {base.__name__}.forward, which fastexpr would bypass "
+        raise NotAPlainMLP(f"{type(m).__name__} overrides {base.__name__}.forward, which fastexpr would bypass "
                          f"(it reads only the layer's parameters); use a plain {base.__name__}")
     if m._forward_hooks or m._forward_pre_hooks:
-        raise ValueError(f"{type(m).__name__} has forward hooks, which fastexpr would bypass; remove them")
+        raise NotAPlainMLP(f"{type(m).__name__} has forward hooks, which fastexpr would bypass; remove them")
 
 
 def from_torch(module) -> Network:
@@ -158,13 +162,13 @@ def from_torch(module) -> Network:
     if not isinstance(module, nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     if getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None):
-        raise ValueError("global forward hooks are registered (torch.nn.modules.module.register_module_forward_hook), "
-                         "which fastexpr would bypass; remove them")
+        raise NotAPlainMLP("global forward hooks are registered (torch.nn.modules.module."
+                           "register_module_forward_hook), which fastexpr would bypass; remove them")
     weights, biases, acts = [], [], []
     for m in flat(module):
         base = next((c for c in (nn.Linear, nn.Identity, nn.Flatten, nn.ReLU, nn.Hardtanh) if isinstance(m, c)), None)
         if base is None:
-            raise ValueError(
+            raise NotAPlainMLP(
                 f"unsupported layer {type(m).__name__}; fastexpr handles Linear, ReLU, Hardtanh(-1, 1), "
                 "Identity and Flatten"
             )
@@ -176,12 +180,13 @@ def from_torch(module) -> Network:
         elif base in (nn.ReLU, nn.Hardtanh):
             name = "relu" if base is nn.ReLU else "hardtanh"
             if name == "hardtanh" and (m.min_val != -1.0 or m.max_val != 1.0):
-                raise ValueError(f"only Hardtanh(-1, 1) is supported, got Hardtanh({m.min_val}, {m.max_val})")
+                raise NotAPlainMLP(f"only Hardtanh(-1, 1) is supported, got Hardtanh({m.min_val}, {m.max_val})")
             if not weights:
-                raise ValueError(f"{type(m).__name__} before the first Linear layer is not supported")
+                raise NotAPlainMLP(f"{type(m).__name__} before the first Linear layer is not supported")
             if acts[-1] != "identity":
-                raise ValueError(f"two activations in a row ({acts[-1]} then {name}) after Linear layer {len(weights)}")
+                raise NotAPlainMLP(f"two activations in a row ({acts[-1]} then {name}) after Linear layer "
+                                   f"{len(weights)}")
             acts[-1] = name
     if not weights:
-        raise ValueError("the module contains no Linear layer")
+        raise NotAPlainMLP("the module contains no Linear layer")
     return from_arrays(weights, biases, acts)

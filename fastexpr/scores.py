@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import is_integer
+from ._checks import flag, is_integer
 from .taps import STEP, _backend, _first_row, _model_dtype_device, check_batch_independent, check_model, forward
 
 #: Bytes of tapped activations per forward pass that ``linear_regions`` aims its batches at.
@@ -86,6 +86,7 @@ def linear_regions(model, x, per_tap: bool = False, dtype="float64", backend: st
     the number of distinct patterns of that tap alone. Returns an int (or the dict).
     """
     check_model(model)
+    per_tap = flag(per_tap, "per_tap")
     model, torch_dtype, device = _model_dtype_device(model, dtype)
     module = _backend(backend, device)
     x = _inputs(x)
@@ -161,6 +162,7 @@ def naswot(model, x, per_tap: bool = False, dtype="float64"):
     from .backends.taps_torch import all_finite, codes as region_codes
 
     check_model(model)
+    per_tap = flag(per_tap, "per_tap")
     model, torch_dtype, device = _model_dtype_device(model, dtype)
     x = _inputs(x)
     kernels = []  # per tap with per_tap, else one running sum

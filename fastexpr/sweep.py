@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import _threads
-from ._checks import is_integer, is_real
+from ._checks import flag, is_integer, is_real
 
 #: Grid keys and their defaults (those of ``fastexpr measure``); ``n_points`` is None for exact cells.
 DEFAULTS = dict(depth=10, width=128, input_dim=784, activation="hardtanh", sigma_w=4.0, sigma_b=0.5, seed=0,
@@ -250,7 +250,7 @@ def sweep(grid, out: str, executor: str = "local", threads: int | None = None, w
     os.makedirs(out, exist_ok=True)
     finished = _parts(out)
     todo = [c for c in every if cell_key(c) not in finished]
-    with _progress(len(every), len(every) - len(todo), progress) as bar:
+    with _progress(len(every), len(every) - len(todo), flag(progress, "progress", none_ok=True)) as bar:
         if executor == "ray":
             return _sweep_ray(ray, todo, out, threads, address, bar)
         return _sweep_local(todo, out, threads, workers, bar)
@@ -389,6 +389,7 @@ def measure_sharded(net, trajectory, n_points: int | None = None, shards: int = 
         raise TypeError(f"expected a fastexpr Network, got {type(net).__name__}")
     if not is_integer(shards) or shards < 1:
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
+    exact = flag(exact, "exact")
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     threads, workers = _check_threads_workers(threads, workers)

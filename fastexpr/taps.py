@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _threads
-from ._checks import is_integer
+from ._checks import flag, is_integer
 from .plan import OverflowInForwardPass, Partials
 from .result import Result
 
@@ -709,9 +709,12 @@ def _warn_untapped(names: set[str]) -> None:
 
 def check_model(model) -> None:
     """ValueError for models whose function would depend on the batch or change their own state
-    (instance norm without running statistics is per sample in either mode: accepted)."""
+    (instance norm without running statistics is per sample in either mode: accepted), and
+    TypeError for anything but a torch module."""
     import torch.nn as nn
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     for path, module in model.named_modules():
         per_sample = isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.track_running_stats
         if module.training and not per_sample and \
@@ -736,6 +739,9 @@ def _model_dtype_device(model, dtype):
     if len(devices) > 1:
         raise ValueError(f"the model's parameters and buffers are on several devices: {sorted(devices)}")
     device = devices.pop()
+    if device == "meta":
+        raise ValueError("the model is on the meta device, which holds no values: load its weights (e.g. "
+                         "torch.nn.Module.to_empty and load_state_dict) before measuring it")
     if any(t.dtype != target for t in tensors):
         model = copy.deepcopy(model).to(target)
     return model, target, device
@@ -754,10 +760,8 @@ def measure_model(model, trajectories, n_points, backend: str = "auto", dtype="f
     """
     from .measure import FLOAT32_WARN_FROM, PrecisionWarning, _n_points, _run, result_of
 
-    for option, value in (("smooth_sign", smooth_sign), ("maxpool_argmax", maxpool_argmax)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{option} must be True or False, got {value!r}")
-    options = TapOptions(smooth=True, smooth_sign=bool(smooth_sign), maxpool_argmax=bool(maxpool_argmax))
+    options = TapOptions(smooth=True, smooth_sign=flag(smooth_sign, "smooth_sign"),
+                         maxpool_argmax=flag(maxpool_argmax, "maxpool_argmax"))
     check_model(model)
     model, torch_dtype, device = _model_dtype_device(model, dtype)
     counts = {_n_points(n_points, t) for t in trajectories}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import device_of, to_float64
-from ._checks import is_integer
+from ._checks import flag, is_integer
 from .plan import ARC, CIRCLE, KIND_NAMES, LINE, POLYLINE
 
 
@@ -165,6 +165,7 @@ def polyline(points, closed: bool = False) -> Trajectory:
     is that vertex), segment ``j = min(floor(s), M - 2)``, ``x = (1 - (s - j)) p_j + (s - j) p_{j+1}``;
     ``closed=True`` adds the segment from the last point back to the first.
     """
+    closed = flag(closed, "closed")
     basis = to_float64(points, "points")
     if basis.ndim < 2:
         raise ValueError(f"points must be 2-dimensional (M, dim) or (M, *shape), got shape {basis.shape}")

@@ -200,3 +200,38 @@ def test_threads_beyond_any_machine_are_refused(net, traj):
             fx.measure(net, traj, None if kwargs.get("exact") else 100, threads=100_000, **kwargs)
     with pytest.raises(ValueError, match="threads must be at most"):
         fx.region_map(net, np.zeros(3), np.eye(3)[0], np.eye(3)[1], 1.0, 8, threads=2 ** 31)
+
+
+def test_flags_refuse_truthy_strings(net, traj):
+    """closed="no" once closed the path and exact="yes" walked it: a flag is True or False."""
+    from fastexpr import scores
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU()).double()
+    calls = {
+        "closed": lambda: fx.polyline(np.ones((3, 3)), closed="no"),
+        "exact": lambda: fx.measure(net, traj, exact="yes"),
+        "progress": lambda: fx.measure(net, traj, 100, progress="yes"),
+        "sweep_bias": lambda: fx.dichotomies(fx.random_mlp(2, 4, 3, output_dim=1), 1, np.ones((2, 3)), 10,
+                                             sweep_bias="no"),
+        "per_tap": lambda: scores.linear_regions(model, np.ones((4, 3)), per_tap="no"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            call()
+    with pytest.raises(TypeError, match="closed must be True or False"):
+        fx.trajectory_length(torch.ones(3, 2), closed="no")
+    assert fx.polyline(np.ones((3, 3)), closed=np.bool_(True)).basis.shape == (4, 3)
+
+
+def test_models_that_cannot_be_measured_say_why(traj):
+    from fastexpr import scores
+
+    with pytest.raises(TypeError, match="expected a torch.nn.Module, got Network"):
+        scores.linear_regions(fx.random_mlp(2, 4, 3), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="meta"):
+        fx.measure(nn.Sequential(nn.Conv1d(1, 1, 1), nn.Flatten(), nn.Linear(3, 2)).to("meta"), traj, 100)
+    broken = nn.Sequential(nn.Linear(3, 4), nn.ReLU()).double()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="finite"):  # not "needs a plain MLP": it is one
+        fx.measure(broken, traj, exact=True)
