@@ -69,3 +69,12 @@ def test_console_script_is_installed():
     out = subprocess.run([exe, "measure", "--depth", "2", "--width", "4", "--input-dim", "3", "--points", "100"],
                          capture_output=True, text=True, check=True).stdout
     assert "whole network" in out
+
+
+def test_python_dash_m_runs_the_command():
+    run = subprocess.run([sys.executable, "-m", "fastexpr", "measure", "--depth", "2", "--width", "4", "--input-dim",
+                          "3", "--points", "100"], capture_output=True, text=True, check=True)
+    assert "whole network" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "fastexpr", "measure", "--threads", "3000000000"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "threads must be at most" in bad.stderr and "Traceback" not in bad.stderr

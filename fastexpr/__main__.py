@@ -1,0 +1,6 @@
+"""``python -m fastexpr ...``: the ``fastexpr`` command (fastexpr.cli)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
