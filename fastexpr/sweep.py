@@ -31,6 +31,8 @@ import numpy as np
 
 from . import _threads
 from ._checks import flag, is_integer, is_real
+from .backends import REGISTRY
+from .measure import MAX_POINTS
 
 #: Grid keys and their defaults (those of ``fastexpr measure``); ``n_points`` is None for exact cells.
 DEFAULTS = dict(depth=10, width=128, input_dim=784, activation="hardtanh", sigma_w=4.0, sigma_b=0.5, seed=0,
@@ -69,8 +71,11 @@ def _check_value(key: str, value):
         if not is_integer(value):
             raise TypeError(f"grid[{key!r}] must hold integers, got {value!r} ({type(value).__name__})")
         least = {"seed": 0, "n_points": 2}.get(key, 1)
+        most = MAX_POINTS if key == "n_points" else 2 ** 63 - 1  # the results' int64 columns
         if value < least:
             raise ValueError(f"grid[{key!r}] must hold integers of at least {least}, got {value}")
+        if value > most:
+            raise ValueError(f"grid[{key!r}] must hold integers of at most {most}, got {value}")
         return int(value)
     if key in ("sigma_w", "sigma_b"):
         if not is_real(value):
@@ -82,7 +87,8 @@ def _check_value(key: str, value):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"grid['exact'] must hold True or False, got {value!r}")
         return bool(value)
-    choices = dict(activation=ACTIVATIONS, trajectory=TRAJECTORIES, dtype=("float32", "float64"))
+    choices = dict(activation=ACTIVATIONS, trajectory=TRAJECTORIES, dtype=("float32", "float64"),
+                   backend=("auto", *sorted(set(REGISTRY["measure"]) | set(REGISTRY["exact"]))))
     if not isinstance(value, str):
         raise TypeError(f"grid[{key!r}] must hold strings, got {value!r} ({type(value).__name__})")
     if key in choices and value not in choices[key]:

@@ -64,3 +64,11 @@ def test_front_ends_go_through_the_registry():
         fx.region_map(net, np.zeros(3), np.eye(3)[0], np.eye(3)[1], 1.0, 8, backend="torch")
     with pytest.raises(ValueError, match="unknown trajectory-length backend 'fortran'"):
         fx.trajectory_length(torch.ones(3, 2), backend="fortran")
+
+
+def test_backend_names_are_strings_and_ops_are_known():
+    with pytest.raises(TypeError, match="named by a string"):
+        fx.measure(fx.random_mlp(2, 4, 3), fx.line(np.zeros(3), np.ones(3)), 100, backend=["cpu"])
+    for call in (fx.available_backends, fx.missing_backends):
+        with pytest.raises(ValueError, match="unknown op 'bogus'"):
+            call("bogus")

@@ -349,3 +349,14 @@ def test_ray_sharded_equals_measure(ray, kind):
     assert_equal_results(fx.measure_sharded(net, traj, 40001, shards=4, executor="ray"), fx.measure(net, traj, 40001))
     assert_equal_results(fx.measure_sharded(net, traj, shards=5, exact=True, executor="ray"),
                          fx.measure(net, traj, exact=True))
+
+
+def test_grid_values_beyond_the_results_columns_or_backends_are_refused(tmp_path):
+    """A seed of 2^64 failed in pyarrow after measuring, and an unknown backend wrote an error row
+    that counted as a finished cell: both are refused before anything runs."""
+    for grid, match in ((dict(seed=2 ** 64), r"grid\['seed'\] must hold integers of at most"),
+                        (dict(n_points=2 ** 63), r"grid\['n_points'\] must hold integers of at most"),
+                        (dict(backend="bogus"), r"grid\['backend'\]: unknown value 'bogus'")):
+        with pytest.raises(ValueError, match=match):
+            fx.sweep(dict(depth=2, width=4, input_dim=3, **grid), out=str(tmp_path), workers=1)
+    assert not os.listdir(tmp_path)

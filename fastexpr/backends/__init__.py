@@ -102,9 +102,17 @@ def load(name: str, op: str = "measure"):
     return _LOADED[key]
 
 
-def _entry(name: str, op: str) -> Entry:
-    if op not in REGISTRY:
+def _check_op(op: str) -> str:
+    if not isinstance(op, str) or op not in REGISTRY:
         raise ValueError(f"unknown op {op!r}; expected one of {sorted(REGISTRY)}")
+    return op
+
+
+def _entry(name: str, op: str) -> Entry:
+    _check_op(op)
+    if not isinstance(name, str):
+        raise TypeError(f"a {KIND[op]} is named by a string ('auto' or one of {sorted(REGISTRY[op])}), "
+                        f"got {name!r}")
     if name not in REGISTRY[op]:
         raise ValueError(f"unknown {KIND[op]} {name!r}; expected 'auto' or one of {sorted(REGISTRY[op])}")
     return REGISTRY[op][name]
@@ -163,10 +171,10 @@ def resolve(name: str, device="cpu", plans=None, op: str = "measure"):
 
 def available_backends(op: str = "measure") -> list[str]:
     """Names of ``op``'s backends that work here (on some device), fastest first."""
-    order = sorted(REGISTRY[op], key=("cuda", "cpu", "numba", "numpy", "torch").index)
+    order = sorted(REGISTRY[_check_op(op)], key=("cuda", "cpu", "numba", "numpy", "torch").index)
     return [name for name in order if load(name, op)[0] is not None]
 
 
 def missing_backends(op: str = "measure") -> dict[str, str]:
     """For each of ``op``'s backends that does not work here, the reason."""
-    return {name: load(name, op)[1] for name in REGISTRY[op] if load(name, op)[0] is None}
+    return {name: load(name, op)[1] for name in REGISTRY[_check_op(op)] if load(name, op)[0] is None}
