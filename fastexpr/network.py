@@ -1,6 +1,7 @@
 """Networks: a chain of affine layers, each followed by relu, hardtanh or identity."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +47,14 @@ class Network:
 def _activation_list(activations, depth: int) -> tuple[str, ...]:
     if isinstance(activations, str):
         activations = [activations] * depth
+    if not isinstance(activations, (list, tuple, np.ndarray)):
+        raise TypeError(f"activations must be a name or a list of names, one per layer, got {activations!r}")
     activations = tuple(activations)
     if len(activations) != depth:
         raise ValueError(f"got {len(activations)} activations for {depth} layers")
     for a in activations:
+        if not isinstance(a, str):
+            raise TypeError(f"activations must be names such as 'relu', got {a!r} ({type(a).__name__})")
         if a not in ACTIVATION_CODES:
             raise ValueError(f"unknown activation {a!r}; expected one of {sorted(ACTIVATION_CODES)}")
     return activations
@@ -116,8 +121,15 @@ def random_mlp(
     for name, value in (("sigma_w", sigma_w), ("sigma_b", sigma_b)):
         if not is_real(value):
             raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    sigma_w, sigma_b = (float(v) if abs(v) < 2 ** 1024 else math.inf for v in (sigma_w, sigma_b))  # ints beyond float64
     if not (np.isfinite(sigma_w) and np.isfinite(sigma_b) and sigma_w >= 0 and sigma_b >= 0):
         raise ValueError(f"sigma_w and sigma_b must be finite and non-negative, got {sigma_w}, {sigma_b}")
+    depth, width, input_dim = int(depth), int(width), int(input_dim)
+    output_dim = None if output_dim is None else int(output_dim)
+    if isinstance(seed, (bool, np.bool_, str, float)):
+        raise TypeError(f"seed must be None, a non-negative integer or a numpy Generator, got {seed!r}")
+    if is_integer(seed) and seed < 0:
+        raise ValueError(f"seed must be None, a non-negative integer or a numpy Generator, got {seed!r}")
     rng = np.random.default_rng(seed)
     sizes = [input_dim] + [width] * depth + ([output_dim] if output_dim is not None else [])
     weights = [rng.standard_normal((n_out, n_in)) * (sigma_w / np.sqrt(n_in)) for n_in, n_out in zip(sizes, sizes[1:])]

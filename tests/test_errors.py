@@ -235,3 +235,24 @@ def test_models_that_cannot_be_measured_say_why(traj):
         broken[0].weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match="finite"):  # not "needs a plain MLP": it is one
         fx.measure(broken, traj, exact=True)
+
+
+def test_random_mlp_arguments():
+    """NumPy 0-d integers and Fractions are numbers; seeds are non-negative integers or Generators."""
+    from fractions import Fraction
+
+    assert fx.random_mlp(np.array(2), np.int32(3), 2, sigma_w=Fraction(1, 3)).depth == 2
+    for seed, error in ((-1, ValueError), ("a", TypeError), (True, TypeError), (1.5, TypeError)):
+        with pytest.raises(error, match="seed must be"):
+            fx.random_mlp(2, 3, 2, seed=seed)
+    with pytest.raises(ValueError, match="finite"):
+        fx.random_mlp(2, 3, 2, sigma_w=2 ** 2000)
+    np.testing.assert_array_equal(fx.random_mlp(2, 3, 2, seed=np.random.default_rng(5)).weights[0],
+                                  fx.random_mlp(2, 3, 2, seed=5).weights[0])
+
+
+def test_activations_that_are_not_names():
+    for acts in (None, 3, [["relu"]]):
+        with pytest.raises(TypeError, match="activations must be"):
+            fx.from_arrays([np.eye(2)], None, acts)
+    assert fx.from_arrays([np.eye(2)], None, np.array(["relu"])).activations == ("relu",)
