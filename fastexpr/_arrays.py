@@ -73,6 +73,8 @@ def _from_sequence(x, name: str) -> np.ndarray:
             return arr.astype(np.float64)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"{name} must be an array of real numbers ({exc})") from None
+    if arr.dtype.kind in "iuf" and any(isinstance(v, (bool, np.bool_)) for v in np.array(x, dtype=object).ravel()):
+        raise TypeError(f"{name} must hold real numbers, got a bool among them")  # numpy made it a number
     if arr.dtype.kind in "iu":
         return arr.astype(np.float64)
     if arr.dtype.kind != "f":

@@ -256,3 +256,14 @@ def test_activations_that_are_not_names():
         with pytest.raises(TypeError, match="activations must be"):
             fx.from_arrays([np.eye(2)], None, acts)
     assert fx.from_arrays([np.eye(2)], None, np.array(["relu"])).activations == ("relu",)
+
+
+def test_bools_among_numbers_are_refused():
+    """np.asarray([True, 0.5]) is a float array, so a bool mixed with numbers passed as 1.0."""
+    x1 = np.ones(4)
+    for bad in ([True, 0.5, 1.0, 2.0], [True, 0, 1, 2], [np.bool_(True), 0.5, 1.0, 2.0]):
+        with pytest.raises(TypeError, match="bool"):
+            fx.line(bad, x1)
+    with pytest.raises(TypeError, match="bool"):
+        fx.from_arrays([[[True, 2], [3, 4], [5, 6]]], [[0, 0, 0]], "relu")
+    assert fx.line([1, 0.5, 1.0, 2.0], x1).basis.dtype == np.float64
