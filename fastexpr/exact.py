@@ -87,7 +87,7 @@ def make_units(net: Network, trajectory: Trajectory, n_units: int | None = None)
         return Units(LINEAR_UNIT, np.ascontiguousarray(k0_seg[seg]), np.ascontiguousarray(k1_seg[seg]),
                      np.zeros((0, 0)), u0, u1, np.tile([1.0, 0.0, 0.0], (seg.size, 1)), norms[seg],
                      (seg + u0) * t_scale, np.full(seg.size, t_scale), TOLERANCE,
-                     trajectory.kind == POLYLINE and bool(np.array_equal(basis[0], basis[-1])))
+                     trajectory.closed)
     span = 0.5 * np.pi if trajectory.kind == ARC else 2.0 * np.pi
     edges = np.arange(want + 1) * (span / want)
     (u, v), scale = _scaled(basis)

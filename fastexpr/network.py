@@ -1,7 +1,6 @@
 """Networks: a chain of affine layers, each followed by relu, hardtanh or identity."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +120,11 @@ def random_mlp(
     for name, value in (("sigma_w", sigma_w), ("sigma_b", sigma_b)):
         if not is_real(value):
             raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    sigma_w, sigma_b = (float(v) if abs(v) < 2 ** 1024 else math.inf for v in (sigma_w, sigma_b))  # ints beyond float64
+    try:
+        sigma_w, sigma_b = float(sigma_w), float(sigma_b)
+    except OverflowError:  # an int beyond float64
+        raise ValueError("sigma_w and sigma_b must be finite and non-negative, got an integer beyond "
+                         "float64's range") from None
     if not (np.isfinite(sigma_w) and np.isfinite(sigma_b) and sigma_w >= 0 and sigma_b >= 0):
         raise ValueError(f"sigma_w and sigma_b must be finite and non-negative, got {sigma_w}, {sigma_b}")
     depth, width, input_dim = int(depth), int(width), int(input_dim)

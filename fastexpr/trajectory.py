@@ -18,12 +18,14 @@ class Trajectory:
 
     ``shape`` is the shape of one point as given (``(dim,)``, or e.g. ``(C, H, W)`` for images):
     the basis holds the points flattened in C order, and the taps engine reshapes them back
-    before calling a model.
+    before calling a model. ``closed``: t = 1 is t = 0 (``great_circle``, ``polyline(closed=True)``),
+    which the exact engine joins; an open path that merely ends where it began is not closed.
     """
 
     def __init__(self, kind: int, basis: np.ndarray, device: str = "cpu", n_points: int | None = None,
-                 shape: tuple[int, ...] | None = None):
+                 shape: tuple[int, ...] | None = None, closed: bool = False):
         self.kind = kind
+        self.closed = closed
         self.basis = basis
         self.device = device
         self.n_points = n_points  # the natural sample count of explicit point sets, else None
@@ -153,7 +155,7 @@ def great_circle(u, v) -> Trajectory:
     """The closed curve ``x(t) = cos(2 pi t) u + sin(2 pi t) v`` (a great circle when u, v are
     orthogonal and of equal norm). Its first and last samples coincide."""
     basis, device, shape = _pair(u, v, ("u", "v"))
-    return Trajectory(CIRCLE, basis, device, shape=shape)
+    return Trajectory(CIRCLE, basis, device, shape=shape, closed=True)
 
 
 def polyline(points, closed: bool = False) -> Trajectory:
@@ -175,7 +177,7 @@ def polyline(points, closed: bool = False) -> Trajectory:
     basis = basis.reshape(basis.shape[0], -1)
     if closed:
         basis = np.concatenate([basis, basis[:1]])
-    return Trajectory(POLYLINE, basis, device_of(points), shape=shape)
+    return Trajectory(POLYLINE, basis, device_of(points), shape=shape, closed=closed)
 
 
 def points(array) -> Trajectory:

@@ -8,7 +8,7 @@ is recomputed from scratch by a full forward pass straight from the definitions,
 affine maps of the network under that pattern are rebuilt by explicit matrix products.
 
 It shares no code with ``fastexpr``: it only reads ``net.weights``, ``net.biases``,
-``net.activations``, ``trajectory.kind`` and ``trajectory.basis``.
+``net.activations``, ``trajectory.kind``, ``trajectory.basis`` and ``trajectory.closed``.
 
 Semantics (the specification the fast exact walker is held to):
 
@@ -22,7 +22,7 @@ Semantics (the specification the fast exact walker is held to):
   ``|code_right - code_left|``; ``pattern_changes[d-1]`` = crossing points where layer d's
   code vector changes; ``network_changes`` = number of crossing points;
 * ``distinct_patterns`` = distinct whole-network code vectors among the pieces;
-* closed paths (CIRCLE, and a POLYLINE whose last vertex equals its first exactly): if the
+* closed paths (CIRCLE, and a POLYLINE made with ``closed=True``, ``trajectory.closed``): if the
   last piece's pattern differs from the first piece's, the wrap point t = 0 = 1 is one more
   crossing point; it is reported in ``crossings`` at ``t = 1.0`` with ``old_code`` the last
   piece's code and ``new_code`` the first piece's code;
@@ -228,12 +228,7 @@ def trig_piece_length(a: np.ndarray, b: np.ndarray, omega: float, t0: float, t1:
 
 
 def _is_closed(trajectory) -> bool:
-    if trajectory.kind == CIRCLE:
-        return True
-    if trajectory.kind == POLYLINE:
-        b = np.asarray(trajectory.basis)
-        return bool(np.array_equal(b[0], b[-1]))
-    return False
+    return trajectory.kind == CIRCLE or bool(trajectory.closed)
 
 
 def _stretches(trajectory):

@@ -270,3 +270,18 @@ def test_sampled_reference_agrees_on_a_fine_grid():
     ref = reference_measure(net, traj, 200_001)
     assert ref["network_changes"] == ex.network_changes
     np.testing.assert_array_equal(ref["transitions"], ex.transitions)
+
+
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+def test_an_open_path_ending_at_its_start_is_not_closed(backend):
+    """Only great_circle and polyline(closed=True) join t = 1 to t = 0; a polyline (or point set) that
+    merely returns to its first vertex keeps two ends (the engine once inferred closedness from the data)."""
+    backend_or_skip(backend)
+    net = fx.from_arrays([np.eye(2)], [np.zeros(2)], "relu")
+    loop = np.array([[0.0, 0.5], [1.0, 0.5], [-1.0, 0.7], [0.0, 0.5]])  # starts and ends on neuron 0's threshold
+    for path in (fx.polyline(loop), fx.points(loop)):
+        r = fx.measure(net, path, exact=True, backend=backend)
+        assert r.network_changes == 1 and list(r.transitions) == [1]
+        assert not np.any(fx.crossings(net, path, backend=backend)["t"] == 0)
+    closed = fx.measure(net, fx.polyline(loop[:-1], closed=True), exact=True, backend=backend)
+    assert closed.network_changes == 2 and list(closed.transitions) == [2]
