@@ -484,3 +484,11 @@ def test_configurations_come_from_the_compiled_source(monkeypatch):
         monkeypatch.undo()
         cuda.configs.cache_clear()
     assert next(c for c in cuda.configs() if c.name == "measure_f32_w64").min_blocks == blocks
+
+
+def test_exact_scratch_layout_matches_the_walker():
+    """cuda_exact allocates GRAM doubles per layer for the walker's Gram sums: the header's stride."""
+    from fastexpr.backends import cuda_exact
+
+    header = (cuda_compile.source_dir() / "common" / "exact_walk.h").read_text()
+    assert int(re.search(r"static const int GRAM = (\d+);", header).group(1)) == cuda_exact.GRAM

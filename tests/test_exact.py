@@ -285,3 +285,21 @@ def test_an_open_path_ending_at_its_start_is_not_closed(backend):
         assert not np.any(fx.crossings(net, path, backend=backend)["t"] == 0)
     closed = fx.measure(net, fx.polyline(loop[:-1], closed=True), exact=True, backend=backend)
     assert closed.network_changes == 2 and list(closed.transitions) == [2]
+
+
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+@pytest.mark.parametrize("kind", ["line", "arc", "polyline"])
+def test_lengths_of_tiny_and_huge_paths(backend, kind):
+    """A zero-bias relu net is homogeneous: scaling the path by s scales every length by s and keeps
+    the counts. The per-layer Gram sums once squared the scale (0 below 1e-154, a false
+    OverflowInForwardPass above 1e154, and a false one for subnormal inputs)."""
+    backend_or_skip(backend)
+    net = fx.random_mlp(3, 6, INPUT_DIM, "relu", sigma_w=1.5, seed=3)
+    traj = trajectory(kind, INPUT_DIM, seed=2)
+    ref = fx.measure(net, traj, exact=True, backend=backend)
+    for s in (1e-305, 1e-200, 1e-160, 1e160, 1e250):
+        scaled = fx.polyline(traj.basis * s) if kind == "polyline" else type(traj)(traj.kind, traj.basis * s)
+        r = fx.measure(net, scaled, exact=True, backend=backend)
+        assert_same_counts(r, dict(transitions=ref.transitions, pattern_changes=ref.pattern_changes,
+                                   network_changes=ref.network_changes, distinct_patterns=ref.distinct_patterns))
+        np.testing.assert_allclose(r.lengths / s, ref.lengths, rtol=1e-9)

@@ -55,7 +55,7 @@ struct ExactScratch {
   signed char* exit_dir;  // +1: leaves upwards, -1: downwards, 0: never
   int* changed;        // indices (within a layer) whose post-activation changed
   double* layer_min;   // (L,) minimum exit time per layer
-  double* gram;        // (L + 1, 3): sums k1^2, k2^2, k1 k2 of the post-activation per layer (0: input)
+  double* gram;        // (L + 1, GRAM): per layer (0: input) the post-activation's Gram sums (layer_gram)
 };
 
 // What a walk reports (arrays owned by the caller, zeroed by the walker).
@@ -202,13 +202,18 @@ FX_HD double trig_length(double p, double q, double r, double a, double b) {
   return total + adaptive_length(p, q, r, x0, b);
 }
 
+// Per layer, the Gram sums p = sum k1^2, q = sum k2^2, r = sum k1 k2 of the post-activation's
+// coefficients divided by s^2, and s (the largest |coefficient|): GRAM doubles, so that no
+// square under- or overflows (lengths of coefficients from 1e-300 to 1e300 survive).
+static const int GRAM = 4;
+
 // Add every layer's length over [a, b] (d = 0..L) from the Gram sums. TRIG: the Gauss-Legendre
 // nodes of [a, b] and of its halves are shared by all layers (one sin/cos per node); a layer
 // whose halves disagree with the whole goes to the adaptive rule.
 template <int KIND>
 FX_HD void add_piece_lengths(const double* gram, int L, double a, double b, double* lengths) {
   if (KIND == LINEAR_UNIT) {
-    for (int d = 0; d <= L; ++d) lengths[d] += (b - a) * sqrt(gram[3 * d]);
+    for (int d = 0; d <= L; ++d) lengths[d] += (b - a) * sqrt(gram[GRAM * d]) * gram[GRAM * d + 3];
     return;
   }
   if (!(b > a)) return;
@@ -216,7 +221,8 @@ FX_HD void add_piece_lengths(const double* gram, int L, double a, double b, doub
   const double w[5] = {0.2369268850561891, 0.4786286704993665, 0.5688888888888889, 0.4786286704993665,
                        0.2369268850561891};
   if (b - a > 1.0) {  // long pieces (few crossings): the general rule
-    for (int d = 0; d <= L; ++d) lengths[d] += trig_length(gram[3 * d], gram[3 * d + 1], gram[3 * d + 2], a, b);
+    for (int d = 0; d <= L; ++d)
+      lengths[d] += trig_length(gram[GRAM * d], gram[GRAM * d + 1], gram[GRAM * d + 2], a, b) * gram[GRAM * d + 3];
     return;
   }
   double sn[15], cs[15];
@@ -228,10 +234,10 @@ FX_HD void add_piece_lengths(const double* gram, int L, double a, double b, doub
     for (int k = 0; k < 3; ++k) { sn[5 * k + i] = sin(nodes[k]); cs[5 * k + i] = cos(nodes[k]); }
   }
   for (int d = 0; d <= L; ++d) {
-    const double p = gram[3 * d], q = gram[3 * d + 1], r = gram[3 * d + 2];
+    const double p = gram[GRAM * d], q = gram[GRAM * d + 1], r = gram[GRAM * d + 2], s = gram[GRAM * d + 3];
     if (p <= 0 && q <= 0) continue;
     if ((p - q) * s2a - 2.0 * r * c2a < 0 && (p - q) * s2b - 2.0 * r * c2b > 0) {  // a minimum inside
-      lengths[d] += trig_length(p, q, r, a, b);
+      lengths[d] += trig_length(p, q, r, a, b) * s;
       continue;
     }
     double part[3] = {0, 0, 0};
@@ -243,13 +249,13 @@ FX_HD void add_piece_lengths(const double* gram, int L, double a, double b, doub
       }
     const double whole = part[0] * h, halves = (part[1] + part[2]) * 0.5 * h;
     const double scale = sqrt(p > q ? p : q) * (b - a);
-    if (fabs(halves - whole) <= 1e-14 * scale + 1e-13 * fabs(halves)) lengths[d] += halves;
-    else lengths[d] += trig_length(p, q, r, a, b);
+    if (fabs(halves - whole) <= 1e-14 * scale + 1e-13 * fabs(halves)) lengths[d] += halves * s;
+    else lengths[d] += trig_length(p, q, r, a, b) * s;
   }
 }
 
-// Gram sums of layer d's post-activation coefficients (1: k1, 2: k2), scaled against
-// overflow and underflow. Returns false if a coefficient is not finite.
+// Gram sums of layer d's post-activation coefficients (1: k1, 2: k2) and their scale (GRAM).
+// Returns false if a coefficient is not finite.
 template <int KIND>
 FX_HD bool layer_gram(const ExactNet& net, const ExactScratch& s, long long total, int d, double* g) {
   const long long o = net.offset[d];
@@ -267,25 +273,27 @@ FX_HD bool layer_gram(const ExactNet& net, const ExactScratch& s, long long tota
     if (KIND == TRIG_UNIT) big = fmax(big, fabs(Z2[j]));
   }
   g[0] = g[1] = g[2] = 0.0;
+  g[3] = 1.0;
   if (!finite) return false;
   if (big == 0.0) return true;
   double p = 0, q = 0, r = 0;
   const double inv = 1.0 / big;
+  const bool divide = !(inv <= 1.79e308);  // big is subnormal: its inverse overflows
   for (int j = 0; j < n; ++j) {
     if (!is_linear_code(act, s.code[o + j])) continue;
-    const double a = Z1[j] * inv;
+    const double a = divide ? Z1[j] / big : Z1[j] * inv;
     p += a * a;
     if (KIND == TRIG_UNIT) {
-      const double b = Z2[j] * inv;
+      const double b = divide ? Z2[j] / big : Z2[j] * inv;
       q += b * b;
       r += a * b;
     }
   }
-  const double big2 = big * big;  // may overflow for |coefficients| > 1e154: reported as non-finite
-  g[0] = p * big2;
-  g[1] = q * big2;
-  g[2] = r * big2;
-  return g[0] <= 1.79e308 && g[1] <= 1.79e308 && fabs(g[2]) <= 1.79e308;
+  g[0] = p;
+  g[1] = q;
+  g[2] = r;
+  g[3] = big;
+  return true;
 }
 
 // TRIG only: a lower bound on the exit time of a neuron whose code holds at u with a margin,
@@ -552,7 +560,7 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
       }
       // Lengths need this layer's Gram sums whenever its post-activation may have changed.
       if (touched_below || n_flipped > 0) {
-        if (!layer_gram<KIND>(net, s, total, d, s.gram + 3 * (d + 1))) { out.error = EXACT_NONFINITE; return; }
+        if (!layer_gram<KIND>(net, s, total, d, s.gram + GRAM * (d + 1))) { out.error = EXACT_NONFINITE; return; }
       }
       // Reset this layer's per-point state (dZ is non-zero only where layer d-1 moved).
       if (touched_below) {
@@ -570,9 +578,9 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
       counting = true;
       for (long long i = 0; i < total; ++i) out.first_code[i] = s.code[i];
       sink.hash(hash);
-      s.gram[0] = g_in[0]; s.gram[1] = g_in[1]; s.gram[2] = g_in[2];
+      s.gram[0] = g_in[0]; s.gram[1] = g_in[1]; s.gram[2] = g_in[2]; s.gram[3] = 1.0;  // in units of in_scale
       for (int d = 0; d < L; ++d)
-        if (!layer_gram<KIND>(net, s, total, d, s.gram + 3 * (d + 1))) { out.error = EXACT_NONFINITE; return; }
+        if (!layer_gram<KIND>(net, s, total, d, s.gram + GRAM * (d + 1))) { out.error = EXACT_NONFINITE; return; }
     } else if (any_change) {
       ++out.network_changes;
       sink.hash(hash);
@@ -582,7 +590,7 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
       for (int d = 0; d < L; ++d) {
         if (d > 0) forward_layer<KIND>(net, s, total, d);
         layer_exits<KIND>(net, s, total, d, u, tol);
-        if (!layer_gram<KIND>(net, s, total, d, s.gram + 3 * (d + 1))) { out.error = EXACT_NONFINITE; return; }
+        if (!layer_gram<KIND>(net, s, total, d, s.gram + GRAM * (d + 1))) { out.error = EXACT_NONFINITE; return; }
       }
     }
     // ---- advance to the next crossing point ----

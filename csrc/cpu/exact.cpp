@@ -139,7 +139,7 @@ py::dict exact_walk(int unit_kind, const std::vector<py::array>& weights, const 
       const int me = 0;
 #endif
       try {
-        std::vector<double> Z(3 * total), dZ(3 * total), exit_u(total), layer_min(L), gram(3 * (L + 1));
+        std::vector<double> Z(3 * total), dZ(3 * total), exit_u(total), layer_min(L), gram(fx::GRAM * (L + 1));
         std::vector<signed char> code(total), before(total), flips(total), dir(total);
         std::vector<int> changed(*std::max_element(width.begin(), width.end()));
         fx::ExactScratch s{Z.data(), dZ.data(), exit_u.data(), code.data(), before.data(), flips.data(),

@@ -6,7 +6,7 @@
 // T = gridDim.x * blockDim.x threads). Thread t's walker scratch is its own slice of buffers
 // preallocated by the host for T threads: Z and dZ (3 total doubles each), exit_u (total doubles),
 // code, before, flips, dir (total bytes each), changed (max_width ints), layer_min (L doubles)
-// and gram (3 (L + 1) doubles). Outputs are per unit, in the layout of exact.cpp's arrays.
+// and gram (GRAM (L + 1) doubles). Outputs are per unit, in the layout of exact.cpp's arrays.
 //
 // Piece hashes: unit q writes its hashes to hashes[q cap ..] and their number to hash_count[q];
 // past `cap` it stops writing but keeps counting, so the host sees hash_count[q] > cap and walks
@@ -63,7 +63,7 @@ __device__ void walk_units(FX_EXACT_PARAMS) {
   const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
   fx::ExactScratch s{Z + 3 * total * t,    dZ + 3 * total * t, exit_u + total * t,    code + total * t,
                      before + total * t,   flips + total * t,  dir + total * t,       changed + (i64)max_width * t,
-                     layer_min + (i64)L * t, gram + 3 * (i64)(L + 1) * t};
+                     layer_min + (i64)L * t, gram + fx::GRAM * (i64)(L + 1) * t};
   for (i64 q = t; q < n_units; q += (i64)gridDim.x * blockDim.x) {
     fx::ExactOut out{transitions + q * L, pattern_changes + q * L, 0, 0, lengths + q * (L + 1),
                      first_code + q * total, 0};

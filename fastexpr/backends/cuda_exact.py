@@ -26,6 +26,8 @@ HASH_SLOTS = 1 << 25
 SCRATCH_BYTES = 1 << 30
 #: Units (sub-intervals) to cut a trajectory into for the GPU: one thread walks each.
 EXACT_UNITS = 1 << 14
+#: Doubles per layer of the walker's Gram sums (twin of fx::GRAM in csrc/common/exact_walk.h).
+GRAM = 4
 #: Deepest network: each block holds 2 pointers per layer in shared memory (48 KiB at most).
 MAX_DEPTH = 3072
 
@@ -70,7 +72,7 @@ def _walk(cp, kernel, net: dict, dims: tuple, units: list, tol: float, cap: int)
     k0, k1, k2, u0, u1, g_in = units
     U, n1 = k0.shape
     L, total, widest = dims
-    per_thread = 8 * (7 * total + 4 * L + 3) + 4 * total + 4 * widest
+    per_thread = 8 * (7 * total + L + GRAM * (L + 1)) + 4 * total + 4 * widest
     free = cp.cuda.runtime.memGetInfo()[0]
     attributes = cp.cuda.Device().attributes
     sms = attributes["MultiProcessorCount"]
@@ -88,7 +90,7 @@ def _walk(cp, kernel, net: dict, dims: tuple, units: list, tol: float, cap: int)
     scratch = [cp.zeros(T * n, dt) for n, dt in ((3 * total, np.float64), (3 * total, np.float64),
                                                   (total, np.float64), (total, np.int8), (total, np.int8),
                                                   (total, np.int8), (total, np.int8), (widest, np.int32))]
-    scratch += [np.int32(widest), cp.zeros(T * L, np.float64), cp.zeros(T * 3 * (L + 1), np.float64)]
+    scratch += [np.int32(widest), cp.zeros(T * L, np.float64), cp.zeros(T * GRAM * (L + 1), np.float64)]
     args = (np.int32(L), net["widths"], net["acts"], net["offset"], net["wt"], net["wt_off"], net["bias"],
             net["bias_off"], net["key_pos"], net["key_neg"], np.int64(U), np.int32(n1), k0, k1, k2, u0, u1, g_in,
             np.float64(tol), *scratch, *(out[k] for k in ("transitions", "pattern_changes", "network_changes",

@@ -27,6 +27,7 @@ MAX_FLIPS_PER_POINT = 2    # a hardtanh neuron may pass -1 -> 0 -> +1 within tol
 LAZY = 2                   # exit_dir of a TRIG neuron whose exit_u is only a lower bound
 EXACT_OK, EXACT_NONFINITE = 0, 1
 BIG = 1.79e308             # larger magnitudes count as non-finite
+GRAM = 4                   # doubles per layer of Gram sums: p, q, r over scale^2, and the scale
 PI = 3.14159265358979323846
 TWO_PI = 6.283185307179586476925286766559
 GAUSS_X = (-0.9061798459386640, -0.5384693101056831, 0.0, 0.5384693101056831, 0.9061798459386640)
@@ -236,13 +237,14 @@ def _add_piece_lengths(trig, gram, L, a, b, lengths, sn, cs, stack):
     """Add every layer's length over [a, b] (d = 0..L) from the Gram sums (sn, cs: (15,) scratch)."""
     if not trig:
         for d in range(L + 1):
-            lengths[d] += (b - a) * math.sqrt(gram[3 * d])
+            lengths[d] += (b - a) * math.sqrt(gram[GRAM * d]) * gram[GRAM * d + 3]
         return
     if not b > a:
         return
     if b - a > 1.0:  # long pieces (few crossings): the general rule
         for d in range(L + 1):
-            lengths[d] += _trig_length(gram[3 * d], gram[3 * d + 1], gram[3 * d + 2], a, b, stack)
+            lengths[d] += _trig_length(gram[GRAM * d], gram[GRAM * d + 1], gram[GRAM * d + 2], a, b, stack) * \
+                gram[GRAM * d + 3]
         return
     m = 0.5 * (a + b)
     h = 0.5 * (b - a)
@@ -254,11 +256,11 @@ def _add_piece_lengths(trig, gram, L, a, b, lengths, sn, cs, stack):
         sn[i], sn[5 + i], sn[10 + i] = math.sin(n0), math.sin(n1), math.sin(n2)
         cs[i], cs[5 + i], cs[10 + i] = math.cos(n0), math.cos(n1), math.cos(n2)
     for d in range(L + 1):
-        p, q, r = gram[3 * d], gram[3 * d + 1], gram[3 * d + 2]
+        p, q, r, s = gram[GRAM * d], gram[GRAM * d + 1], gram[GRAM * d + 2], gram[GRAM * d + 3]
         if p <= 0 and q <= 0:
             continue
         if (p - q) * s2a - 2.0 * r * c2a < 0 and (p - q) * s2b - 2.0 * r * c2b > 0:  # a minimum inside
-            lengths[d] += _trig_length(p, q, r, a, b, stack)
+            lengths[d] += _trig_length(p, q, r, a, b, stack) * s
             continue
         whole = halves = 0.0
         for k in range(3):  # [a, b], then its halves
@@ -275,15 +277,16 @@ def _add_piece_lengths(trig, gram, L, a, b, lengths, sn, cs, stack):
                 halves = (halves + part) * 0.5 * h
         scale = math.sqrt(p if p > q else q) * (b - a)
         if abs(halves - whole) <= 1e-14 * scale + 1e-13 * abs(halves):
-            lengths[d] += halves
+            lengths[d] += halves * s
         else:
-            lengths[d] += _trig_length(p, q, r, a, b, stack)
+            lengths[d] += _trig_length(p, q, r, a, b, stack) * s
 
 
 @_jit
 def _layer_gram(trig, act, Z, code, total, o, n, gram, g):
-    """Gram sums of a layer's post-activation coefficients into gram[g:g+3], scaled against over- and
-    underflow; False if a coefficient is not finite. (Loops split by plane: each sum keeps its order.)"""
+    """Gram sums of a layer's post-activation coefficients over their scale^2, and the scale, into
+    gram[g:g+GRAM] (exact_walk.h's layer_gram); False if a coefficient is not finite. (Loops split
+    by plane: each sum keeps its order.)"""
     z0, z1, z2 = np.uint64(o), np.uint64(total + o), np.uint64(2 * total + o)  # unsigned indices
     finite = True
     big = 0.0
@@ -299,28 +302,27 @@ def _layer_gram(trig, act, Z, code, total, o, n, gram, g):
             if _is_linear(act, code[z0 + j]):
                 big = max(big, abs(Z[z2 + j]))
     gram[g] = gram[g + 1] = gram[g + 2] = 0.0
+    gram[g + 3] = 1.0
     if not finite:
         return False
     if big == 0.0:
         return True
     p = q = r = 0.0
     inv = 1.0 / big
+    divide = not inv <= BIG  # big is subnormal: its inverse overflows
     for j in range(np.uint64(n)):
         if _is_linear(act, code[z0 + j]):
-            a = Z[z1 + j] * inv
+            a = Z[z1 + j] / big if divide else Z[z1 + j] * inv
             p += a * a
     if trig:
         for j in range(np.uint64(n)):
             if _is_linear(act, code[z0 + j]):
-                a = Z[z1 + j] * inv
-                b = Z[z2 + j] * inv
+                a = Z[z1 + j] / big if divide else Z[z1 + j] * inv
+                b = Z[z2 + j] / big if divide else Z[z2 + j] * inv
                 q += b * b
                 r += a * b
-    big2 = big * big  # may overflow for |coefficients| > 1e154: reported as non-finite
-    gram[g] = p * big2
-    gram[g + 1] = q * big2
-    gram[g + 2] = r * big2
-    return gram[g] <= BIG and gram[g + 1] <= BIG and abs(gram[g + 2]) <= BIG
+    gram[g], gram[g + 1], gram[g + 2], gram[g + 3] = p, q, r, big
+    return True
 
 
 # ------------------------------------------------------------------------------- one layer
@@ -486,7 +488,7 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
     exit_dir = np.zeros(total, np.int8)  # +1 up, -1 down, 0 never, LAZY
     changed = np.empty(widths.max(), np.int64)  # neurons (within a layer) whose post-activation changed
     layer_min = np.empty(L)  # minimum exit time per layer
-    gram = np.zeros(3 * (L + 1))  # sums k1^2, k2^2, k1 k2 of the post-activation per layer (0: input)
+    gram = np.zeros(GRAM * (L + 1))  # per layer (0: input) the post-activation's Gram sums and scale
     sn, cs, stack = np.empty(15), np.empty(15), np.empty((3, 48))
     dh = np.zeros(3)
     hashes = np.empty(64, np.uint64)
@@ -600,7 +602,7 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
                         _axpy(h, wt, w, dZ, c * total + oo, n_out)
             # Lengths need this layer's Gram sums whenever its post-activation may have changed.
             if touched_below or n_flipped > 0:
-                if not _layer_gram(trig, act, Z, code, total, o, n, gram, 3 * (d + 1)):
+                if not _layer_gram(trig, act, Z, code, total, o, n, gram, GRAM * (d + 1)):
                     error = EXACT_NONFINITE
                     break
             # Reset this layer's per-point state (dZ is non-zero only where layer d-1 moved).
@@ -619,9 +621,9 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
             first_code[:] = code
             hashes[n_hashes] = hsh
             n_hashes += 1
-            gram[0], gram[1], gram[2] = g_in[0], g_in[1], g_in[2]
+            gram[0], gram[1], gram[2], gram[3] = g_in[0], g_in[1], g_in[2], 1.0  # in units of in_scale
             for d in range(L):
-                if not _layer_gram(trig, acts[d], Z, code, total, offset[d], widths[d], gram, 3 * (d + 1)):
+                if not _layer_gram(trig, acts[d], Z, code, total, offset[d], widths[d], gram, GRAM * (d + 1)):
                     error = EXACT_NONFINITE
                     break
         elif any_change:
@@ -641,7 +643,7 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
                     _forward_layer(planes, Z, code, total, wt, wt_off[d], bias, b_off[d], o, offset[d - 1], n,
                                    widths[d - 1], acts[d - 1])
                 layer_min[d] = _layer_exits(trig, acts[d], Z, code, exit_u, exit_dir, total, o, n, u, tol)
-                if not _layer_gram(trig, acts[d], Z, code, total, o, n, gram, 3 * (d + 1)):
+                if not _layer_gram(trig, acts[d], Z, code, total, o, n, gram, GRAM * (d + 1)):
                     error = EXACT_NONFINITE
                     break
             if error != EXACT_OK:
