@@ -248,8 +248,8 @@ def crossings(net: Network, trajectory, max_crossings: int = 1_000_000, backend:
     """
     from .measure import as_trajectory
 
-    if not is_integer(max_crossings) or max_crossings < 1:
-        raise ValueError(f"max_crossings must be a positive integer, got {max_crossings!r}")
+    if not is_integer(max_crossings) or not 1 <= max_crossings <= 2 ** 62:
+        raise ValueError(f"max_crossings must be a positive integer of at most 2**62, got {max_crossings!r}")
     traj = as_trajectory(trajectory)
     _check(net, traj)
     return walk(net, traj, backend, int(max_crossings)).crossings

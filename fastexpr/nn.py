@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 
 import torch
 from torch import nn
 
+from ._checks import is_real
 from .autograd import trajectory_length
 
 _REFERENCE: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("fastexpr_trajectory_reference",
@@ -59,13 +61,16 @@ class TrajectoryRegularization(nn.Module):
     ``L`` is the length of the path through the minibatch's incoming activations (any shape
     (B, ...), so it fits after ``nn.Linear`` and ``nn.Conv2d`` alike), ``L0`` the input's
     length given by :class:`TrajectoryRegularized` or :func:`trajectory_reference`. The term
-    of the latest forward is in ``self.loss`` (None without a reference).
+    of the latest forward is in ``self.loss`` (None without a reference; 0 where the inputs of
+    the minibatch are all equal, L0 = 0, which leaves nothing to compare with).
     """
 
     def __init__(self, weight: float = 0.01):
         super().__init__()
-        if not weight >= 0:
-            raise ValueError(f"weight must be a non-negative number, got {weight!r}")
+        if not is_real(weight):
+            raise TypeError(f"weight must be a non-negative number, got {weight!r} ({type(weight).__name__})")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be a finite non-negative number, got {weight!r}")
         self.weight = float(weight)
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.loss: torch.Tensor | None = None
@@ -77,7 +82,9 @@ class TrajectoryRegularization(nn.Module):
             if reference.device != h.device:
                 raise ValueError(f"the input's trajectory length is on {reference.device} but the activations are on "
                                  f"{h.device}; keep the model on one device")
-            ratio = trajectory_length(h) / reference.clamp_min(torch.finfo(reference.dtype).tiny)
+            # L0 = 0 (a minibatch of equal inputs) has no trajectory to compare with: the term is 0
+            positive = reference > 0
+            ratio = torch.where(positive, trajectory_length(h) / torch.where(positive, reference, 1.0), 0.0)
             self.loss = self.weight * self.scale.abs() * ratio.to(self.scale.dtype)
         return h * self.scale.to(h.dtype)
 

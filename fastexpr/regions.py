@@ -62,6 +62,8 @@ class RegionMap:
         from matplotlib.colors import to_rgb
         from matplotlib.lines import Line2D
 
+        if not is_integer(pixels) or pixels < 1:
+            raise ValueError(f"pixels must be a positive integer, got {pixels!r}")
         f = -(-self.resolution // pixels)  # blocks of f x f pixels drawn as one: thin lines survive
         n = -(-self.resolution // f)
         pooled = np.zeros((len(self.boundaries), n * f, n * f), dtype=bool)

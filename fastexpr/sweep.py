@@ -203,11 +203,20 @@ def load_sweep(path: str):
     except ImportError:
         raise ImportError("load_sweep returns a pandas DataFrame; pandas is not installed: "
                           "pip install 'fastexpr[ray]' (or: pip install pandas)") from None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_sweep takes the path of a sweep's output folder, got {type(path).__name__}")
     pa = _need_pyarrow()
-    files = sorted(_parts(path).values())
+    files = sorted(_parts(os.fspath(path)).values())
     if not files:
         raise ValueError(f"{path!r} holds no sweep results (no .parquet files)")
-    table = pa.concat_tables([pa.parquet.read_table(f, schema=_schema()) for f in files])
+    tables = []
+    for f in files:
+        try:
+            tables.append(pa.parquet.read_table(f, schema=_schema()))
+        except (pa.ArrowException, OSError) as exc:  # written atomically by sweep: damaged since
+            raise ValueError(f"{f} is not a readable sweep row ({type(exc).__name__}: {exc}); delete it to have "
+                             "sweep measure that cell again") from None
+    table = pa.concat_tables(tables)
     return table.to_pandas().sort_values(list(DEFAULTS)).reset_index(drop=True)
 
 

@@ -78,3 +78,12 @@ def test_python_dash_m_runs_the_command():
     bad = subprocess.run([sys.executable, "-m", "fastexpr", "measure", "--threads", "3000000000"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "threads must be at most" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["regularization", "--lr", "1e300"], ["noise", "--magnitudes", "nan"],
+                                  ["trajectory-images", "--sigma-w", "inf"], ["regions", "--extent", "-1"]])
+def test_experiment_scales_are_finite_numbers(argv, capsys, tmp_path):
+    """NaN magnitudes ran to the end, and --lr 1e300 ended in a torch traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(["experiment", *argv, "--out", str(tmp_path)])
+    assert info.value.code == 2 and "expected a number from 0 to 1e30" in capsys.readouterr().err

@@ -97,6 +97,16 @@ def test_minibatch_of_one_has_no_term():
         regularization_loss(net)
 
 
+def test_equal_inputs_record_a_zero_term():
+    """L0 = 0 leaves nothing to compare with: the term is 0 (it was L / tiny = inf with dropout)."""
+    net = TrajectoryRegularized(nn.Sequential(nn.Dropout(0.5), TrajectoryRegularization(0.1)))
+    net(torch.ones(8, 4))
+    loss = regularization_loss(net)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(net.model[1].scale.grad)
+
+
 def test_copies_leave_the_graph_behind():
     net = mlp()
     net(torch.randn(4, 5))
@@ -106,8 +116,10 @@ def test_copies_leave_the_graph_behind():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="weight"):
-        TrajectoryRegularization(weight=-1.0)
+    for weight, error in ((-1.0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                          ("a", TypeError), (None, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="weight"):
+            TrajectoryRegularization(weight=weight)
     with pytest.raises(ValueError, match="no TrajectoryRegularization layer"):
         regularization_loss(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="torch.Tensor"):

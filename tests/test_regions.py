@@ -144,3 +144,11 @@ def test_overflow_is_reported(engine):
     net = fastexpr.from_arrays([np.full((3, 2), 1e300), np.full((1, 3), 1e300)], None, "relu")
     with pytest.raises(fastexpr.OverflowInForwardPass, match="layer 2"):
         region_map(net, np.ones(2), np.ones(2), np.ones(2), 1.0, 8, backend=engine)
+
+
+def test_plot_pixels_must_be_positive():
+    net = fastexpr.random_mlp(2, 4, 2, seed=0)
+    rm = fastexpr.region_map(net, np.zeros(2), np.array([1.0, 0.0]), np.array([0.0, 1.0]), 1.0, 8)
+    for pixels in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="pixels must be a positive integer"):
+            rm.plot(pixels=pixels)

@@ -360,3 +360,13 @@ def test_grid_values_beyond_the_results_columns_or_backends_are_refused(tmp_path
         with pytest.raises(ValueError, match=match):
             fx.sweep(dict(depth=2, width=4, input_dim=3, **grid), out=str(tmp_path), workers=1)
     assert not os.listdir(tmp_path)
+
+
+def test_load_sweep_names_what_it_cannot_read(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("pandas")
+    with pytest.raises(TypeError, match="path of a sweep's output folder"):
+        fx.load_sweep(None)
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="broken.parquet is not a readable sweep row"):
+        fx.load_sweep(tmp_path)

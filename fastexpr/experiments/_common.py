@@ -16,6 +16,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def scale(text: str) -> float:
+    """argparse type of a weight scale, noise magnitude, learning rate or extent: a number from 0 to
+    1e30 (NaN, inf and larger values would overflow float32 training and the closed forms)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1e30:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1e30, got {text!r}")
+    return value
+
+
 def begin(args: argparse.Namespace, **quick) -> None:
     """Start an experiment: create ``args.out`` (an unwritable folder fails now, not after the run)
     and, with ``--quick``, set ``quick``'s values for every option the user left at its default

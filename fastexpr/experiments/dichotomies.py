@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._common import add_common_arguments, begin, finish, pyplot
+from ._common import add_common_arguments, begin, finish, pyplot, scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deep-width", type=int, default=25, help="width of the network swept layer by layer")
     parser.add_argument("--inputs", type=int, default=15, help="n fixed inputs (at most 63)")
     parser.add_argument("--input-dim", type=int, default=16)
-    parser.add_argument("--sigma-w", type=float, default=4.0)
-    parser.add_argument("--sigma-b", type=float, default=0.0)
+    parser.add_argument("--sigma-w", type=scale, default=4.0)
+    parser.add_argument("--sigma-b", type=scale, default=0.0)
     parser.add_argument("--nets", type=int, default=2, help="random networks per setting (averaged)")
     parser.add_argument("--points", type=int, default=1 << 15, help="samples of the weight sweep")
 

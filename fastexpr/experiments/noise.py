@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ._common import add_common_arguments, begin, finish, load_digits, pyplot
+from ._common import add_common_arguments, begin, finish, load_digits, pyplot, scale
 
 MAGNITUDES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, "fastexpr_noise")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--draws", type=int, default=10, help="noise draws per (layer, magnitude)")
-    parser.add_argument("--magnitudes", type=float, nargs="+", default=list(MAGNITUDES),
+    parser.add_argument("--magnitudes", type=scale, nargs="+", default=list(MAGNITUDES),
                         help="noise standard deviations, in units of the layer's weight RMS")
 
 

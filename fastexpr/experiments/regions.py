@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ._common import add_common_arguments, begin, finish, pyplot
+from ._common import add_common_arguments, begin, finish, pyplot, scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=3, help="hidden layers")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--activation", choices=["relu", "hardtanh"], default="relu")
-    parser.add_argument("--sigma-w", type=float, default=2.0)
-    parser.add_argument("--sigma-b", type=float, default=1.0)
-    parser.add_argument("--extent", type=float, default=3.0, help="the slice spans [-extent, extent]^2")
+    parser.add_argument("--sigma-w", type=scale, default=2.0)
+    parser.add_argument("--sigma-b", type=scale, default=1.0)
+    parser.add_argument("--extent", type=scale, default=3.0, help="the slice spans [-extent, extent]^2")
     parser.add_argument("--resolution", type=int, default=1024, help="pixels per side (at most 4096)")
 
 

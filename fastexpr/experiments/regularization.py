@@ -23,7 +23,7 @@ import json
 import os
 import time
 
-from ._common import load_digits
+from ._common import load_digits, scale
 
 METHODS = ("none", "batchnorm", "trajreg")
 LABELS = {"none": "no normalisation", "batchnorm": "batch norm", "trajreg": "trajectory regularisation"}
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=6, help="hidden layers")
     parser.add_argument("--width", type=int, default=64, help="neurons per hidden layer")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
-    parser.add_argument("--weight", type=float, default=0.01, help="scale of the trajectory-regularisation loss")
+    parser.add_argument("--lr", type=scale, default=0.01, help="SGD learning rate (momentum 0.9)")
+    parser.add_argument("--weight", type=scale, default=0.01, help="scale of the trajectory-regularisation loss")
     parser.add_argument("--points-per-edge", type=int, default=100,
                         help="samples per edge of the measured input trajectory (10 edges)")
     parser.add_argument("--threads", type=int, default=1,

@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from ._common import add_common_arguments, begin, finish, hardtanh_mlp, load_digits, pyplot
+from ._common import add_common_arguments, begin, finish, hardtanh_mlp, load_digits, pyplot, scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, "fastexpr_training_length")
     parser.add_argument("--depth", type=int, default=6, help="hidden layers")
     parser.add_argument("--width", type=int, default=100)
-    parser.add_argument("--sigma-w", type=float, default=1.0, help="initial weight scale")
+    parser.add_argument("--sigma-w", type=scale, default=1.0, help="initial weight scale")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--points", type=int, default=20000, help="samples along the circle")
 

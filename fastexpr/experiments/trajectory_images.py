@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._common import add_common_arguments, begin, finish, pyplot
+from ._common import add_common_arguments, begin, finish, pyplot, scale
 
 
 SWEEP = ((50, 2.0), (100, 2.0), (100, 4.0), (200, 4.0), (50, 8.0), (200, 8.0))
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=6, help="hidden layers")
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--input-dim", type=int, default=100)
-    parser.add_argument("--sigma-w", type=float, default=4.0)
-    parser.add_argument("--sigma-b", type=float, default=0.0)
+    parser.add_argument("--sigma-w", type=scale, default=4.0)
+    parser.add_argument("--sigma-b", type=scale, default=0.0)
     parser.add_argument("--points", type=int, default=4000, help="samples along the circle for the images")
     parser.add_argument("--sweep", type=str, default=",".join(f"{k}:{s:g}" for k, s in SWEEP),
                         help="width:sigma_w pairs for transitions against length (input dim = width)")
