@@ -111,12 +111,23 @@ def _args(args, kwargs, names, defaults):
     return bound
 
 
+def _parameter(activation, name, value) -> float:
+    """An activation's threshold, bound or fill value as a float: NaN would make its codes and lengths
+    meaningless (every comparison false), so it is refused."""
+    value = float(value)
+    if np.isnan(value):
+        raise ValueError(f"{activation}'s {name} is NaN: its region codes and output are undefined")
+    return value
+
+
 def _step(activation, lo, inplace, from_output=True):
-    return TapSpec(activation, STEP, float(lo), float(lo), bool(inplace), bool(from_output))
+    return TapSpec(activation, STEP, _parameter(activation, "threshold", lo), float(lo), bool(inplace),
+                   bool(from_output))
 
 
 def _clamp(activation, lo, hi, inplace):
-    return TapSpec(activation, CLAMP, float(lo), float(hi), bool(inplace), False)
+    return TapSpec(activation, CLAMP, _parameter(activation, "lower bound", lo),
+                   _parameter(activation, "upper bound", hi), bool(inplace), False)
 
 
 def _relu(inplace):
@@ -140,7 +151,8 @@ def _leaky(inplace):
 def _threshold(inplace):
     def spec(a, k):
         b = _args(a, k, ("input", "threshold", "value", "inplace"), {"inplace": inplace})
-        return _step("threshold", b["threshold"], b["inplace"], from_output=b["value"] <= b["threshold"])
+        value = _parameter("threshold", "value", b["value"])
+        return _step("threshold", b["threshold"], b["inplace"], from_output=value <= b["threshold"])
     return spec
 
 

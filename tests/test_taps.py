@@ -848,3 +848,20 @@ def test_all_finite_agrees_with_isfinite(dtype, bad):
         z[4, 17] = bad
     assert all_finite(z) == bool(torch.isfinite(z).all()) == (bad is None)
     assert all_finite(z[:0]) and all_finite(torch.tensor(2.0, dtype=dtype))
+
+
+def test_nan_activation_parameters_are_refused():
+    """F.hardtanh(x, nan, 1) and F.threshold(x, t, nan) gave NaN lengths or all-zero codes silently."""
+    traj = fx.line(np.zeros(3), np.ones(3))
+    class Net(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.linear, self.act = nn.Linear(3, 4), act
+
+        def forward(self, x):
+            return self.act(self.linear(x))
+
+    for act in (lambda z: F.hardtanh(z, float("nan"), 1.0), lambda z: F.threshold(z, 0.5, float("nan")),
+                lambda z: F.threshold(z, float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="is NaN"):
+            fx.measure(Net(act).double(), traj, 100)
