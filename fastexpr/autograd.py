@@ -43,6 +43,8 @@ import torch
 
 from . import _threads, backends
 from ._checks import flag, is_integer
+from .backends.torch_ref import scaled_norms, scaled_rows
+from .plan import SAFE_NORM_HI, SAFE_NORM_LO
 
 ENV_BACKEND = "FASTEXPR_TRAJ_BACKEND"
 
@@ -136,29 +138,17 @@ def _run_forward(h, closed, impl):
         length, norms = _IMPLEMENTATIONS[impl][0](h, closed)
     if h.dtype != torch.float64:  # squares of float32 differences fit float64's range
         return length, norms
-    unsafe = ((norms < _SAFE_NORM_LO) | ~(norms <= _SAFE_NORM_HI)).nonzero().squeeze(1)
+    unsafe = ((norms < SAFE_NORM_LO) | ~(norms <= SAFE_NORM_HI)).nonzero().squeeze(1)
     if unsafe.numel() == 0:
         return length, norms
     norms = norms.clone()
-    norms[unsafe] = _scaled_norms(h[(unsafe + 1) % h.shape[0]] - h[unsafe])
+    norms[unsafe] = scaled_norms(h[(unsafe + 1) % h.shape[0]] - h[unsafe])
     return norms.sum().to(h.dtype), norms
 
 
-# A float64 sum of squares q is accurate when 1.49e-154 <= q <= 1.80e308 (fx::SafeSum<double>):
-# its segment norm sqrt(q) lies between these two.
-_SAFE_NORM_LO, _SAFE_NORM_HI = 1.2213386697554620e-77, 1.3407807929942596e154
-
-
-def _scaled_norms(segments):
-    """Row norms of float64 ``segments`` with every row divided by its largest |entry| first, so that
-    no square under- or overflows (as fx::ScaledNorm: inf for a row with an inf, NaN with a NaN).
-    Differentiable in ``segments`` (the scale is a constant: the norm is homogeneous)."""
-    big = segments.detach().abs().amax(dim=1)
-    scale = torch.where(torch.isfinite(big) & (big > 0), big, 1.0)
-    return scale * torch.linalg.vector_norm(segments / scale[:, None], dim=1)
-
-
 def _fused_backward(h, norms, grad_out, closed, impl):
+    if h.dtype == torch.float64 and bool(((norms > 0) & (norms < SAFE_NORM_LO) | (norms > SAFE_NORM_HI)).any()):
+        return _differentiable_gradient(h, grad_out, closed)  # the kernels' g / norm would leave float64
     with _library_threads(impl, h):
         return _IMPLEMENTATIONS[impl][1](h, norms, grad_out.to(h.dtype), closed)
 
@@ -239,11 +229,11 @@ def _differentiable_gradient(h, grad_out, closed):
     zero-length segment contributes nothing, to the gradient or to any higher derivative (the
     same zero subgradient as the fused kernels; the inner ``where`` keeps 1/n out of the graph
     there, so no inf * 0 = nan appears when differentiating again)."""
-    segments = _torch_segments(h, closed)
-    norms = _scaled_norms(segments.double())
+    scaled, _ = scaled_rows(_torch_segments(h, closed).double())  # u = d/n = (d/s)/|d/s|: no tiny
+    norms = torch.linalg.vector_norm(scaled, dim=1)                  # or huge norm is ever squared
     positive = norms > 0
-    inverse = torch.where(positive, 1.0 / torch.where(positive, norms, 1.0), 0.0).to(h.dtype)
-    return _torch_scatter_segments(segments * (inverse * grad_out.to(h.dtype))[:, None], closed)
+    units = scaled * torch.where(positive, 1.0 / torch.where(positive, norms, 1.0), 0.0)[:, None]
+    return _torch_scatter_segments(units.to(h.dtype) * grad_out.to(h.dtype), closed)
 
 
 # Each implementation: forward(h, closed) -> (0-dim length of h's dtype, float64 segment norms)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._arrays import device_of, to_float64
-from ._checks import is_integer, is_real
+from ._checks import as_float, is_integer, is_real
 from .plan import ACTIVATION_CODES
 
 
@@ -120,11 +120,7 @@ def random_mlp(
     for name, value in (("sigma_w", sigma_w), ("sigma_b", sigma_b)):
         if not is_real(value):
             raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    try:
-        sigma_w, sigma_b = float(sigma_w), float(sigma_b)
-    except OverflowError:  # an int beyond float64
-        raise ValueError("sigma_w and sigma_b must be finite and non-negative, got an integer beyond "
-                         "float64's range") from None
+    sigma_w, sigma_b = as_float(sigma_w), as_float(sigma_b)
     if not (np.isfinite(sigma_w) and np.isfinite(sigma_b) and sigma_w >= 0 and sigma_b >= 0):
         raise ValueError(f"sigma_w and sigma_b must be finite and non-negative, got {sigma_w}, {sigma_b}")
     depth, width, input_dim = int(depth), int(width), int(input_dim)

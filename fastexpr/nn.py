@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import is_real
+from ._checks import as_float, is_real
 from .autograd import trajectory_length
 
 _REFERENCE: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("fastexpr_trajectory_reference",
@@ -69,9 +69,9 @@ class TrajectoryRegularization(nn.Module):
         super().__init__()
         if not is_real(weight):
             raise TypeError(f"weight must be a non-negative number, got {weight!r} ({type(weight).__name__})")
-        if not (math.isfinite(weight) and weight >= 0):
+        if not (math.isfinite(as_float(weight)) and weight >= 0):
             raise ValueError(f"weight must be a finite non-negative number, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = as_float(weight)
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.loss: torch.Tensor | None = None
 
@@ -83,8 +83,8 @@ class TrajectoryRegularization(nn.Module):
                 raise ValueError(f"the input's trajectory length is on {reference.device} but the activations are on "
                                  f"{h.device}; keep the model on one device")
             # L0 = 0 (a minibatch of equal inputs) has no trajectory to compare with: the term is 0
-            positive = reference > 0
-            ratio = torch.where(positive, trajectory_length(h) / torch.where(positive, reference, 1.0), 0.0)
+            empty = reference == 0  # (a NaN reference stays NaN)
+            ratio = torch.where(empty, 0.0, trajectory_length(h) / torch.where(empty, 1.0, reference))
             self.loss = self.weight * self.scale.abs() * ratio.to(self.scale.dtype)
         return h * self.scale.to(h.dtype)
 

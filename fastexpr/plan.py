@@ -50,6 +50,12 @@ ACTIVATION_NAMES = {v: k for k, v in ACTIVATION_CODES.items()}
 LINE, ARC, CIRCLE, POLYLINE = 0, 1, 2, 3
 KIND_NAMES = {LINE: "line", ARC: "arc", CIRCLE: "great_circle", POLYLINE: "polyline"}
 
+#: A float64 sum of squares q within these bounds lost nothing to under- or overflow (fx::SafeSum<double>);
+#: outside them (or q = 0) a norm is recomputed with every row scaled by its largest entry.
+SAFE_SUM_LO, SAFE_SUM_HI = 1.4916681462400413e-154, 1.7976931348623157e308
+#: The norms sqrt(q) of such sums.
+SAFE_NORM_LO, SAFE_NORM_HI = 1.2213386697554620e-77, 1.3407807929942596e154
+
 MASK64 = (1 << 64) - 1
 
 

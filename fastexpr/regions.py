@@ -18,13 +18,14 @@ not built).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _threads
 from ._arrays import to_float64
-from ._checks import is_integer, is_real
+from ._checks import as_float, is_integer, is_real
 from .network import Network
 from .plan import OverflowInForwardPass
 
@@ -121,9 +122,9 @@ def region_map(net: Network, center, u, v, extent: float, resolution: int, backe
     for x, name in zip(vectors, ("center", "u", "v")):
         if x.shape != (net.input_dim,):
             raise ValueError(f"{name} must have shape ({net.input_dim},), the network's input, got {x.shape}")
-    if not is_real(extent) or not (
-            np.isfinite(extent) and extent > 0):
+    if not is_real(extent) or not (math.isfinite(as_float(extent)) and extent > 0):
         raise ValueError(f"extent must be a positive finite number, got {extent!r}")
+    extent = as_float(extent)
     if not is_integer(resolution):
         raise TypeError(f"resolution must be an integer, got {type(resolution).__name__}")
     if not 2 <= resolution <= MAX_RESOLUTION:

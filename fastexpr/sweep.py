@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import _threads
-from ._checks import flag, is_integer, is_real
+from ._checks import as_float, flag, is_integer, is_real
 from .backends import REGISTRY
 from .measure import MAX_POINTS
 
@@ -80,9 +80,9 @@ def _check_value(key: str, value):
     if key in ("sigma_w", "sigma_b"):
         if not is_real(value):
             raise TypeError(f"grid[{key!r}] must hold numbers, got {value!r} ({type(value).__name__})")
-        if not (math.isfinite(value) and value >= 0):
+        if not (math.isfinite(as_float(value)) and value >= 0):
             raise ValueError(f"grid[{key!r}] must hold finite non-negative numbers, got {value!r}")
-        return float(value)
+        return as_float(value)
     if key == "exact":
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"grid['exact'] must hold True or False, got {value!r}")
@@ -116,6 +116,9 @@ def cells(grid) -> list[dict]:
     for combo in itertools.product(*axes.values()):
         cell = dict(zip(axes, combo))
         if cell["exact"]:
+            if cell["backend"] not in ("auto", *REGISTRY["exact"]):
+                raise ValueError(f"grid: backend {cell['backend']!r} has no exact engine (exact=True cells take "
+                                 f"'auto' or one of {', '.join(sorted(REGISTRY['exact']))})")
             cell.update(n_points=None, dtype="float64")  # the exact engine has no samples and computes in float64
         elif cell["n_points"] is None:
             raise ValueError("grid['n_points'] is None for a sampled cell (exact=False): give a number of samples")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import is_integer, is_real
+from ._checks import as_float, is_integer, is_real
 
 ACTIVATIONS = ("relu", "hardtanh")
 
@@ -77,10 +77,7 @@ def _real(value, name: str, at_most: float = math.inf) -> float:
     """``value`` as a float: a real number (no bool, str or None), finite, from 0 to ``at_most``."""
     if not is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    try:
-        value = float(value)
-    except OverflowError:
-        value = math.inf
+    value = as_float(value)
     if not (math.isfinite(value) and 0 <= value <= at_most):
         limit = f" and at most {at_most:g}" if at_most < math.inf else ""
         raise ValueError(f"{name} must be finite and non-negative{limit}, got {value}")
@@ -152,13 +149,14 @@ def _normal_pdf(x: float) -> float:
 
 
 def second_moments(activation: str, q: float) -> tuple[float, float]:
-    """``(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2])`` for z ~ N(0, 1), in closed form (q >= 0;
-    hard-tanh also at q = inf, its limit (1, 0))."""
+    """``(E[phi(sqrt(q) z)^2], E[phi'(sqrt(q) z)^2])`` for z ~ N(0, 1), in closed form (q >= 0; at
+    q = inf, where a deep relu recursion's variance overflows, the limits: relu (inf, 1/2),
+    hard-tanh (1, 0))."""
     if not is_real(q):
         raise TypeError(f"q must be a real number, got {q!r} ({type(q).__name__})")
-    q = float(q)
-    if not q >= 0 or (q == math.inf and activation != "hardtanh"):
-        raise ValueError(f"q must be non-negative{'' if activation == 'hardtanh' else ' and finite'}, got {q}")
+    q = as_float(q)
+    if not q >= 0:
+        raise ValueError(f"q must be non-negative, got {q}")
     if _activation(activation) == "relu":
         return q / 2, 0.5
     if q == 0:

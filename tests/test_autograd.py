@@ -388,3 +388,35 @@ def test_float64_extremes_neither_overflow_nor_underflow(impl, scale, closed):
     mixed[-1] = mixed[-2] + 1e200
     torch.testing.assert_close(run(impl, mixed, closed) / 1e200, torch.tensor(2 * np.sqrt(300.0), dtype=torch.float64)
                                if closed else torch.tensor(np.sqrt(300.0), dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_subnormal_segments_have_unit_gradients(impl):
+    """A segment of norm 3e-310: d(length)/dh is a unit vector, not g / norm = inf."""
+    h = torch.tensor([[0.0], [3e-310], [1.0]], dtype=torch.float64, device=impl[1], requires_grad=True)
+    (grad,) = torch.autograd.grad(run(impl, h), h)
+    torch.testing.assert_close(grad.cpu(), torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(run(impl, h), h, create_graph=True)
+    torch.testing.assert_close(grad.detach().cpu(), torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160, 1e200])
+def test_double_backward_at_extreme_scales(impl, scale):
+    """Hessian-vector products scale as 1/s: the double-backward path never squares a norm."""
+    h = randn(5, 7, device=impl[1], seed=8)
+    v = randn(5, 7, device=impl[1], seed=9)
+
+    def hvp(x):
+        x = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(run(impl, x), x, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v).sum(), x)
+        return hv
+
+    torch.testing.assert_close(hvp(h * scale) * scale, hvp(h), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_tiny_differences_under_create_graph(impl):
+    """The unit vectors are built in float64 and cast: 1 / norm of float32 differences of 1e-39 no longer
+    overflows float32 (the create_graph gradient was [-inf, nan, inf])."""
+    h = torch.tensor([[0.0], [1e-39], [2e-39]], dtype=torch.float32, device=impl[1], requires_grad=True)
+    (grad,) = torch.autograd.grad(run(impl, h), h, create_graph=True)
+    torch.testing.assert_close(grad.detach().cpu(), torch.tensor([[-1.0], [0.0], [1.0]]))

@@ -267,3 +267,26 @@ def test_bools_among_numbers_are_refused():
     with pytest.raises(TypeError, match="bool"):
         fx.from_arrays([[[True, 2], [3, 4], [5, 6]]], [[0, 0, 0]], "relu")
     assert fx.line([1, 0.5, 1.0, 2.0], x1).basis.dtype == np.float64
+
+
+def test_zero_dim_arrays_and_tensors_are_numbers_and_flags():
+    """0-d arrays and tensors pass where a number or a flag is asked for (as they did before the shared
+    checks), and 0/1 are flags; Fractions and huge ints are converted, not handed to numpy raw."""
+    from fractions import Fraction
+
+    from fastexpr import theory
+    from fastexpr.nn import TrajectoryRegularization
+
+    assert theory.mean_field("relu", np.array(1.0), torch.tensor(0.5)).chi_1 == 0.5
+    theory.mean_field_layers("hardtanh", (3, 4, 4), torch.tensor([2.0, 3.0]), 0.1)
+    assert TrajectoryRegularization(weight=torch.tensor(0.25)).weight == 0.25
+    net = fx.random_mlp(2, 4, 2, seed=0)
+    assert fx.region_map(net, np.zeros(2), np.eye(2)[0], np.eye(2)[1], Fraction(2), 8).n_regions >= 1
+    for closed in (1, np.array(True), torch.tensor(True)):
+        assert fx.polyline(np.eye(3), closed=closed).basis.shape == (4, 3)
+    with pytest.raises(TypeError, match="closed must be True or False"):
+        fx.polyline(np.eye(3), closed=2)
+    with pytest.raises(ValueError, match="extent"):
+        fx.region_map(net, np.zeros(2), np.eye(2)[0], np.eye(2)[1], 10 ** 400, 8)
+    q, _ = theory.mean_field_layers("relu", (10,) + (100,) * 400, 4.0)  # the variance overflows: inf, no error
+    assert q[-1] == np.inf

@@ -184,6 +184,24 @@ def test_a_neuron_whose_inputs_all_turn_off_takes_the_tie_code_there(backend):
 
 
 @pytest.mark.parametrize("backend", EXACT_BACKENDS)
+def test_a_layer_flat_along_the_path_is_constant_too(backend):
+    """A layer is constant when its linear neurons have slope 0 along the path (here a weight row
+    orthogonal to the line), not only when every neuron is off: the layer above must be recomputed
+    from scratch there too (review of the tie fix: 188 of 300 such nets were off)."""
+    backend_or_skip(backend)
+    w1 = np.array([[0.43263215928800514, 0.0], [1.4900938715375214, 0.0], [0.0, 1.0]])
+    b1 = np.array([-0.28699051576564943, 0.29458407644599577, 0.0])
+    w2, b2 = np.array([[0.3665868151247561, 0.5147786926277883, 1.0]]), np.array([-1.318207178467712])
+    net = fx.from_arrays([w1, w2, np.eye(1)], [b1, b2, np.zeros(1)], ["relu"] * 3)
+    line = fx.line([3.0, 1.318207178467712], [-3.0, 1.318207178467712])  # h1[2] = 1.318...: z2 + b2 hits 0
+    r = fx.measure(net, line, exact=True, backend=backend)
+    assert (r.network_changes, r.distinct_patterns) == (2, 3)
+    sampled = fx.measure(net, line, 2 ** 16 + 1, backend=backend)
+    assert (sampled.network_changes, sampled.distinct_patterns) == (2, 3)
+    np.testing.assert_array_equal(sampled.transitions, r.transitions)
+
+
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 @pytest.mark.parametrize("kind", ["line", "arc", "polyline"])
 def test_zero_bias_relu_nets_match_the_exact_reference(backend, kind):
     """Narrow zero-bias relu nets (random_mlp's default sigma_b = 0) often turn a whole layer off, which

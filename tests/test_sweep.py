@@ -370,3 +370,9 @@ def test_load_sweep_names_what_it_cannot_read(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="broken.parquet is not a readable sweep row"):
         fx.load_sweep(tmp_path)
+
+
+def test_exact_cells_need_a_backend_with_an_exact_engine():
+    with pytest.raises(ValueError, match="backend 'torch' has no exact engine"):
+        sw.cells(dict(exact=True, backend="torch"))
+    assert sw.cells(dict(exact=False, backend="torch", n_points=64))[0]["backend"] == "torch"

@@ -376,11 +376,15 @@ FX_HD void forward_layer(const ExactNet& net, ExactScratch& s, long long total, 
   }
 }
 
-// True if no neuron of layer d is in a linear piece: its post-activation is then constant in u.
-FX_HD bool all_constant_codes(const ExactNet& net, const ExactScratch& s, int d) {
+// True if layer d's post-activation is constant in u: every neuron is off or saturated, or in a
+// linear piece with slope exactly 0 (a weight row orthogonal to the path, or a constant layer below).
+template <int KIND>
+FX_HD bool constant_layer(const ExactNet& net, const ExactScratch& s, long long total, int d) {
   const long long o = net.offset[d];
   for (int j = 0; j < net.width[d]; ++j)
-    if (is_linear_code(net.act[d], s.code[o + j])) return false;
+    if (is_linear_code(net.act[d], s.code[o + j]) &&
+        (s.Z[total + o + j] != 0.0 || (KIND == TRIG_UNIT && s.Z[2 * total + o + j] != 0.0)))
+      return false;
   return true;
 }
 
@@ -502,7 +506,7 @@ FX_HD void exact_walk(const ExactNet& net, ExactScratch& s, const double* k0, co
         constant_below = false;                // neuron flip later without a change below it
         continue;
       }
-      constant_below = constant_below || all_constant_codes(net, s, d);
+      constant_below = constant_below || constant_layer<KIND>(net, s, total, d);
       // Net code changes of this layer at this point.
       long long jumps = 0;
       for (int q = 0; q < n_flipped; ++q) {

@@ -383,10 +383,11 @@ def _forward_layer(planes, Z, code, total, wt, wo, bias, bo, o, op, n, n_in, act
 
 
 @_jit
-def _all_constant_codes(act, code, o, n):
-    """True if no neuron o .. o+n-1 of a layer is in a linear piece (its post-activation is constant)."""
+def _constant_layer(trig, act, Z, code, total, o, n):
+    """True if the post-activation of neurons o .. o+n-1 is constant in u: each is off or saturated,
+    or in a linear piece with slope exactly 0 (exact_walk.h's constant_layer)."""
     for i in range(o, o + n):
-        if _is_linear(act, code[i]):
+        if _is_linear(act, code[i]) and (Z[total + i] != 0.0 or (trig and Z[2 * total + i] != 0.0)):
             return False
     return True
 
@@ -542,7 +543,7 @@ def _walk_unit(trig, widths, acts, offset, wt, wt_off, bias, b_off, key_pos, key
             if not touched_below and n_flipped == 0:  # nothing of layer d moved; nor can a constant
                 constant_below = False                 # layer's neuron flip later without a change below
                 continue
-            constant_below = constant_below or _all_constant_codes(act, code, o, n)
+            constant_below = constant_below or _constant_layer(trig, act, Z, code, total, o, n)
             # Net code changes of this layer at this point.
             jumps = 0
             for q in range(n_flipped):

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from . import cuda_compile
-from .taps_torch import SAFE_HI, SAFE_LO, _keys, scaled_norms
+from ..plan import SAFE_SUM_HI, SAFE_SUM_LO
+from .taps_torch import _keys
+from .torch_ref import scaled_norms
 
 NAME = "cuda"
 #: Block size of csrc/cuda/taps.cu (TP_THREADS).
@@ -72,7 +74,7 @@ def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
     step, q = step[1:], q[1:].view(np.float64)
     changed = step > 0
     norms = np.sqrt(q)
-    unsafe = ~((q >= SAFE_LO) & (q <= SAFE_HI))  # q = 0 included: float64 squares may all have underflowed
+    unsafe = ~((q >= SAFE_SUM_LO) & (q <= SAFE_SUM_HI))  # q = 0 included: float64 squares may all have underflowed
     if unsafe.any():
         rows = torch.from_numpy(np.flatnonzero(unsafe)).to(z.device)
         norms[unsafe] = scaled_norms(h[rows + 1].double() - h[rows].double()).cpu().numpy()

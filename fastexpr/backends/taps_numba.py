@@ -11,12 +11,10 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _threads
-from ..plan import pattern_keys
+from ..plan import SAFE_SUM_HI, SAFE_SUM_LO, pattern_keys
 
 NAME = "numba"
 STEP, CLAMP, ARGMAX = 0, 1, 2  # fastexpr.taps
-#: float64 sums of squares within these bounds lost nothing to under- or overflow (fx::SafeSum<double>).
-SAFE_LO, SAFE_HI = 1.4916681462400413e-154, 1.7976931348623157e308
 
 
 def probe() -> None:
@@ -71,7 +69,7 @@ def _reduce(z, h, kind, lo, hi, kp, km, changed, hashes):
             changed[i - 1] = t > 0
             transitions += t
             pattern_changes += 1 if t > 0 else 0
-            if SAFE_LO <= q <= SAFE_HI:
+            if SAFE_SUM_LO <= q <= SAFE_SUM_HI:
                 length += np.sqrt(q)
             else:  # scaled sum: no square under- or overflows (fx::ScaledNorm)
                 top = 0.0

@@ -12,12 +12,11 @@ import functools
 import numpy as np
 import torch
 
-from ..plan import pattern_keys
+from ..plan import SAFE_SUM_HI, SAFE_SUM_LO, pattern_keys
+from .torch_ref import scaled_norms
 
 NAME = "torch"
 STEP, CLAMP, ARGMAX = 0, 1, 2  # fastexpr.taps
-#: float64 sums of squares within these bounds lost nothing to under- or overflow (fx::SafeSum<double>).
-SAFE_LO, SAFE_HI = 1.4916681462400413e-154, 1.7976931348623157e308
 
 
 def probe() -> None:
@@ -49,16 +48,6 @@ def all_finite(z: torch.Tensor) -> bool:
     return bool(torch.isfinite(lowest) & torch.isfinite(highest))
 
 
-def scaled_norms(d: torch.Tensor) -> torch.Tensor:
-    """Row norms of float64 differences ``d``, scaled by each row's largest magnitude so that no
-    square under- or overflows (for rows whose plain sum of squares fell outside the safe range).
-    As fx::ScaledNorm: a row with an infinite difference has norm inf, one with a NaN NaN."""
-    top = d.abs().amax(1, keepdim=True)
-    safe_top = torch.where((top > 0) & (top < torch.inf), top, torch.ones_like(top))
-    norms = ((d / safe_top) ** 2).sum(1).sqrt() * top[:, 0]
-    return torch.where(top[:, 0] == torch.inf, top[:, 0], norms)
-
-
 def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
     """``(transitions, pattern_changes, changed, hashes, length, nonfinite)`` of one tap (see fastexpr.taps)."""
     nonfinite = not all_finite(z)
@@ -75,7 +64,7 @@ def reduce(z, h, kind: int, lo: float, hi: float, layer: int):
     d = h[1:].to(torch.float64) - h[:-1].to(torch.float64)
     q = (d * d).sum(1)
     norms = q.sqrt()
-    unsafe = ~((q >= SAFE_LO) & (q <= SAFE_HI))  # q = 0 included: float64 squares may all have underflowed
+    unsafe = ~((q >= SAFE_SUM_LO) & (q <= SAFE_SUM_HI))  # q = 0 included: float64 squares may all have underflowed
     if bool(unsafe.any()):
         norms[unsafe] = scaled_norms(d[unsafe])
     return (int(step.sum()), int(changed.sum()), changed.to(torch.uint8).cpu().numpy(),

@@ -22,7 +22,8 @@ import torch
 
 from .. import _threads
 from .._fp32 import full_fp32
-from ..plan import ARC, HARDTANH, LINE, POLYLINE, RELU, Partials, check_forward_pass, distinct_sorted, pattern_keys
+from ..plan import (ARC, HARDTANH, LINE, POLYLINE, RELU, SAFE_NORM_LO, Partials, check_forward_pass, distinct_sorted,
+                    pattern_keys)
 
 NAME = "torch"
 
@@ -32,9 +33,6 @@ MAX_CHUNK = 1 << 14
 #: 4 values in the compute dtype and 2 int64 hash terms (``BYTES_PER_VALUE``).
 CHUNK_BYTES = 256 << 20
 BYTES_PER_VALUE = 48
-#: A float64 norm at least this large (and finite) had no square lost to underflow that matters
-#: (the square root of fx::SafeSum<double>::lo in csrc/common/semantics.h).
-SAFE_NORM_MIN = 1.2213386697554620e-77
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
@@ -83,11 +81,20 @@ def _coefficients(plan, i, t):
     return torch.cos(angle), torch.sin(angle), None
 
 
-def _scaled_norms(d):
-    """Row norms of float64 ``d``, each row scaled by its largest entry first (no under- or overflow)."""
-    top = d.abs().amax(dim=1, keepdim=True)
-    top = torch.where(top > 0, top, 1.0)
-    return torch.linalg.vector_norm(d / top, dim=1) * top[:, 0]
+def scaled_rows(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``d / scale``, ``scale``): each float64 row divided by its largest |entry| (1 for a zero row or
+    one holding inf or NaN), so that no square of it under- or overflows (fx::ScaledNorm's idea).
+    The scale is a constant to autograd: norms and unit vectors are homogeneous in the row."""
+    big = d.detach().abs().amax(dim=1)
+    scale = torch.where(torch.isfinite(big) & (big > 0), big, 1.0)
+    return d / scale[:, None], scale
+
+
+def scaled_norms(d: torch.Tensor) -> torch.Tensor:
+    """Row norms of float64 ``d`` with no square under- or overflowing; as fx::ScaledNorm, a row
+    with an infinite entry has norm inf, one with a NaN NaN."""
+    rows, scale = scaled_rows(d)
+    return scale * torch.linalg.vector_norm(rows, dim=1)
 
 
 def _step_norms(h):
@@ -96,9 +103,9 @@ def _step_norms(h):
     d = h.diff(dim=0)
     norms = torch.linalg.vector_norm(d, dim=1, dtype=torch.float64)
     if h.dtype == torch.float64:
-        redo = (norms < SAFE_NORM_MIN) | torch.isinf(norms)
+        redo = (norms < SAFE_NORM_LO) | torch.isinf(norms)
         if redo.any():
-            norms[redo] = _scaled_norms(d[redo])
+            norms[redo] = scaled_norms(d[redo])
     return norms
 
 
@@ -117,7 +124,7 @@ def _input_length(plan, t, c0, c1, seg, tt: _Tensors):
     k = (~same).nonzero().squeeze(1)  # pairs that cross a vertex: direct norm from the vertices
     x0 = c0[k, None] * tt.vertices[seg[k]] + c1[k, None] * tt.vertices[seg[k] + 1]
     x1 = c0[k + 1, None] * tt.vertices[seg[k + 1]] + c1[k + 1, None] * tt.vertices[seg[k + 1] + 1]
-    return (along + _scaled_norms(x1 - x0).sum()) * plan.scale
+    return (along + scaled_norms(x1 - x0).sum()) * plan.scale
 
 
 def _first_layer(c0, c1, seg, tt: _Tensors):

@@ -71,8 +71,8 @@ def _sweep(text: str) -> list[tuple[int, float]]:
         pairs = [(int(k), float(s)) for k, s in (item.split(":") for item in text.split(",") if item)]
     except ValueError:
         raise ValueError(f"--sweep must be width:sigma_w pairs separated by commas, got {text!r}") from None
-    if any(k < 2 or not s > 0 for k, s in pairs):
-        raise ValueError(f"--sweep widths must be at least 2 and sigma_w positive, got {text!r}")
+    if any(k < 2 or not 0 < s <= 1e30 for k, s in pairs):
+        raise ValueError(f"--sweep widths must be at least 2 and sigma_w from 0 to 1e30, got {text!r}")
     return pairs
 
 
