@@ -138,16 +138,30 @@ def _run_forward(h, closed, impl):
         length, norms = _IMPLEMENTATIONS[impl][0](h, closed)
     if h.dtype != torch.float64:  # squares of float32 differences fit float64's range
         return length, norms
-    unsafe = ((norms < SAFE_NORM_LO) | ~(norms <= SAFE_NORM_HI)).nonzero().squeeze(1)
-    if unsafe.numel() == 0:
+    unsafe = _outside_safe_range(norms, zero=True)
+    if unsafe is None:
         return length, norms
     norms = norms.clone()
     norms[unsafe] = scaled_norms(h[(unsafe + 1) % h.shape[0]] - h[unsafe])
     return norms.sum().to(h.dtype), norms
 
 
+def _outside_safe_range(norms, zero: bool):
+    """Indices of the float64 segment norms outside [SAFE_NORM_LO, SAFE_NORM_HI] (NaN too; zeros only
+    with ``zero``: a plain sum of squares is 0 also when every square underflowed), or None when all
+    are inside (tested first by their minimum and maximum: one pass, no index array)."""
+    on_cpu = norms.device.type == "cpu"
+    n = norms.numpy() if on_cpu else norms
+    least, most = (n.min(), n.max()) if on_cpu else (float(x) for x in torch.aminmax(n))
+    if least >= SAFE_NORM_LO and most <= SAFE_NORM_HI:
+        return None
+    outside = ~((n >= SAFE_NORM_LO) & (n <= SAFE_NORM_HI)) & (zero | (n != 0))
+    index = torch.from_numpy(np.flatnonzero(outside)) if on_cpu else outside.nonzero().squeeze(1)
+    return index if index.numel() else None
+
+
 def _fused_backward(h, norms, grad_out, closed, impl):
-    if h.dtype == torch.float64 and bool(((norms > 0) & (norms < SAFE_NORM_LO) | (norms > SAFE_NORM_HI)).any()):
+    if h.dtype == torch.float64 and _outside_safe_range(norms, zero=False) is not None:
         return _differentiable_gradient(h, grad_out, closed)  # the kernels' g / norm would leave float64
     with _library_threads(impl, h):
         return _IMPLEMENTATIONS[impl][1](h, norms, grad_out.to(h.dtype), closed)
