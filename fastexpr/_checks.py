@@ -16,8 +16,10 @@ import numpy as np
 
 def is_integer(value) -> bool:
     """True for an int, a NumPy integer or anything else with ``__index__``; never for a bool."""
-    if isinstance(value, (bool, np.bool_)) or (_zero_dim(value) and "bool" in str(value.dtype)):
+    if isinstance(value, (bool, np.bool_)):
         return False
+    if _array_like(value) and (value.shape != () or "bool" in str(value.dtype)):
+        return False  # arrays and tensors: one value (shape ()), not a bool
     try:
         operator.index(value)
     except TypeError:
@@ -29,8 +31,10 @@ def flag(value, name: str, none_ok: bool = False) -> bool | None:
     """``value`` as a bool: True or False (Python, NumPy or a 0-d array or tensor of them), 0 or 1,
     or None where ``none_ok``; anything else, a truthy string such as "no" included, is a
     TypeError naming ``name``."""
-    if (value is None and none_ok) or isinstance(value, (bool, np.bool_)):  # first: torch.compile traces this
+    if (value is None and none_ok) or isinstance(value, (bool, np.bool_)):  # first: torch.compile traces these
         return None if value is None else bool(value)
+    if type(value) is int and value in (0, 1):
+        return bool(value)
     if (_zero_dim(value) and str(value.dtype) in ("bool", "torch.bool")) or (is_integer(value) and value in (0, 1)):
         return bool(value)
     raise TypeError(f"{name} must be True or False{' or None' if none_ok else ''}, got {value!r}")
@@ -43,7 +47,7 @@ def is_real(value) -> bool:
         return False
     if isinstance(value, numbers.Real):
         return True
-    return _zero_dim(value) and str(value.dtype).replace("torch.", "").startswith(("float", "int", "uint"))
+    return _zero_dim(value) and str(value.dtype).replace("torch.", "").startswith(("float", "bfloat", "int", "uint"))
 
 
 def as_float(value) -> float:
@@ -54,6 +58,11 @@ def as_float(value) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+def _array_like(value) -> bool:
+    """A NumPy array or scalar, or a torch tensor."""
+    return type(value).__module__.startswith(("numpy", "torch")) and hasattr(value, "shape")
+
+
 def _zero_dim(value) -> bool:
     """A NumPy array or torch tensor of one value (shape ``()``)."""
-    return type(value).__module__.split(".")[0] in ("numpy", "torch") and getattr(value, "shape", None) == ()
+    return _array_like(value) and value.shape == ()

@@ -417,8 +417,9 @@ def _torch_scatter_segments(units, closed):
 
 
 def _torch_backward(h, norms, grad_out, closed):
-    safe = torch.where(norms > 0, norms, 1.0).to(h.dtype)  # zero segments are zero rows: 0 / 1 = 0
-    return _torch_scatter_segments(_torch_segments(h, closed) / safe[:, None] * grad_out, closed)
+    safe = torch.where(norms > 0, norms, 1.0)  # zero segments are zero rows: 0 / 1 = 0
+    units = (_torch_segments(h, closed).double() / safe[:, None]).to(h.dtype)  # a float32 norm may not fit float32
+    return _torch_scatter_segments(units * grad_out, closed)
 
 
 # Launch geometry of csrc/cuda/traj_length.cu (twins of TL_THREADS, TL_CHUNK, TL_ROWS).

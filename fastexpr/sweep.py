@@ -84,9 +84,7 @@ def _check_value(key: str, value):
             raise ValueError(f"grid[{key!r}] must hold finite non-negative numbers, got {value!r}")
         return as_float(value)
     if key == "exact":
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"grid['exact'] must hold True or False, got {value!r}")
-        return bool(value)
+        return flag(value, "grid['exact']")
     choices = dict(activation=ACTIVATIONS, trajectory=TRAJECTORIES, dtype=("float32", "float64"),
                    backend=("auto", *sorted(set(REGISTRY["measure"]) | set(REGISTRY["exact"]))))
     if not isinstance(value, str):

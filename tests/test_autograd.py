@@ -420,3 +420,16 @@ def test_float32_tiny_differences_under_create_graph(impl):
     h = torch.tensor([[0.0], [1e-39], [2e-39]], dtype=torch.float32, device=impl[1], requires_grad=True)
     (grad,) = torch.autograd.grad(run(impl, h), h, create_graph=True)
     torch.testing.assert_close(grad.detach().cpu(), torch.tensor([[-1.0], [0.0], [1.0]]))
+
+
+def test_float32_segments_beyond_float32_have_unit_gradients(impl):
+    """A float32 segment whose norm overflows float32 (or is subnormal there): the gradient is still
+    the unit vector (the torch backend cast the float64 norm to float32 before dividing)."""
+    h = torch.tensor([[0.0] * 4, [3e38] * 4], dtype=torch.float32, device=impl[1], requires_grad=True)
+    (grad,) = torch.autograd.grad(run(impl, h), h)
+    torch.testing.assert_close(grad.cpu(), torch.tensor([[-0.5] * 4, [0.5] * 4]))
+    h = torch.tensor([[0.0, 0.0], [1e-44, 4e-44]], dtype=torch.float32, device=impl[1], requires_grad=True)
+    (grad,) = torch.autograd.grad(run(impl, h), h)
+    rows = torch.tensor([1e-44, 4e-44]).double()  # float32 subnormals (1.4e-44, 4.2e-44), exactly
+    expected = (rows / rows.norm()).float()
+    torch.testing.assert_close(grad.cpu(), torch.stack([-expected, expected]), rtol=1e-6, atol=0)

@@ -290,3 +290,11 @@ def test_zero_dim_arrays_and_tensors_are_numbers_and_flags():
         fx.region_map(net, np.zeros(2), np.eye(2)[0], np.eye(2)[1], 10 ** 400, 8)
     q, _ = theory.mean_field_layers("relu", (10,) + (100,) * 400, 4.0)  # the variance overflows: inf, no error
     assert q[-1] == np.inf
+
+
+def test_arrays_of_several_values_are_not_integers():
+    """operator.index takes a one-element tensor of any shape, and a bool tensor: neither is a width."""
+    for bad in (torch.tensor([2]), torch.tensor([[2]]), torch.tensor([True]), torch.tensor(True), np.array([2])):
+        with pytest.raises((TypeError, ValueError), match="depth"):
+            fx.random_mlp(bad, 3, 2)
+    assert fx.random_mlp(torch.tensor(2), 3, 2).depth == 2
