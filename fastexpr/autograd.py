@@ -28,7 +28,9 @@ Under ``torch.compile`` forward and backward are torch custom ops
 dispatch (a plain ``torch.autograd.Function`` over the same implementations). Double (and
 higher) backward is supported: with ``create_graph=True`` the gradient is built from torch
 operations instead of the fused backward, so it is differentiable on every implementation; a
-zero-length segment contributes zero to every derivative.
+zero-length segment contributes zero to every derivative. Inside ``torch.func`` transforms
+(grad, jacrev, hessian, vmap), which do not differentiate through a custom op's registered
+backward, the length is plain torch operations with the same derivatives.
 """
 from __future__ import annotations
 
@@ -67,22 +69,40 @@ def trajectory_length(h: torch.Tensor, closed: bool = False, backend: str = "aut
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.float()
     rows, closed = rows.contiguous(), flag(closed, "closed")
+    if _under_functorch():
+        return _torch_length(rows, closed).to(h.dtype)
     if _seen_by_a_tracer(rows):  # the ops resolve ``backend`` when they run, where dynamo does not trace
         return _forward_op(rows, closed, backend)[0].to(h.dtype)
     return _EagerLength.apply(rows, closed, choose_backend(backend, h.device)).to(h.dtype)
 
 
+def _under_functorch() -> bool:
+    """Inside a ``torch.func`` transform (grad, jacrev, vmap, ...): these do not differentiate through
+    a custom op's registered backward, so the length is computed there by plain torch operations."""
+    try:
+        return torch._C._functorch.maybe_current_level() is not None
+    except AttributeError:
+        return False
+
+
+def _torch_length(rows, closed):
+    """The length as differentiable torch operations (float64, rows scaled: no square under- or
+    overflows); its derivatives are the kernels' (a zero-length segment has gradient 0)."""
+    scaled, scale = scaled_rows(_torch_segments(rows, closed).double())
+    return (scale * torch.linalg.vector_norm(scaled, dim=1)).sum()
+
+
 def _seen_by_a_tracer(rows: torch.Tensor) -> bool:
-    """Whether a compiler, tracer or transform sees this call (``torch.compile``, ``torch.func``'s
-    vmap/grad/jacrev, ``make_fx``, AOTAutograd, a tensor subclass): they understand the custom
-    ops, not a Function whose kernels read raw memory. Unknown internals count as traced."""
+    """Whether a compiler or tracer sees this call (``torch.compile``, ``make_fx``, AOTAutograd, a
+    tensor subclass): they understand the custom ops, not a Function whose kernels read raw
+    memory. Unknown internals count as traced."""
     if torch.compiler.is_compiling() or type(rows) is not torch.Tensor:
         return True
     try:
         from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-        return torch._C._functorch.maybe_current_level() is not None or bool(_get_current_dispatch_mode_stack())
-    except (ImportError, AttributeError):
+        return bool(_get_current_dispatch_mode_stack())
+    except ImportError:
         return True
 
 

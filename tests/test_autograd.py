@@ -240,8 +240,8 @@ def test_compile_fullgraph_matches_eager(name):
 
 @pytest.mark.parametrize("name", ["cpu", "numba", "torch"])
 def test_transforms_and_tracers_see_the_custom_ops(name):
-    """torch.func.vmap and make_fx go through the custom ops: the eager Function, whose kernels
-    read raw memory, would fail under vmap and be baked into a traced graph as a constant."""
+    """make_fx goes through the custom ops (the eager Function, whose kernels read raw memory, would be
+    baked into a traced graph as a constant); torch.func.vmap computes with plain torch operations."""
     reason = autograd.unavailable_reason(name, "cpu")
     if reason is not None:
         pytest.skip(reason)
@@ -433,3 +433,17 @@ def test_float32_segments_beyond_float32_have_unit_gradients(impl):
     rows = torch.tensor([1e-44, 4e-44]).double()  # float32 subnormals (1.4e-44, 4.2e-44), exactly
     expected = (rows / rows.norm()).float()
     torch.testing.assert_close(grad.cpu(), torch.stack([-expected, expected]), rtol=1e-6, atol=0)
+
+
+def test_torch_func_transforms_differentiate_it():
+    """torch.func.grad, jacrev and hessian do not differentiate through a custom op's registered
+    backward (they raised); inside them the length is plain torch operations, with the same
+    derivatives as the kernels, a zero-length segment included."""
+    h = randn(5, 3, seed=13)
+    h[2] = h[1]
+    x = h.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(trajectory_length(x), x, create_graph=True)
+    torch.testing.assert_close(torch.func.grad(trajectory_length)(h), grad.detach())
+    torch.testing.assert_close(torch.func.jacrev(trajectory_length)(h), grad.detach())
+    hessian = torch.stack([torch.autograd.grad(g, x, retain_graph=True)[0] for g in grad.reshape(-1)])
+    torch.testing.assert_close(torch.func.hessian(trajectory_length)(h), hessian.reshape(5, 3, 5, 3))
