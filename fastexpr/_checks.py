@@ -43,7 +43,7 @@ def flag(value, name: str, none_ok: bool = False) -> bool | None:
 def is_real(value) -> bool:
     """True for an int or a float of Python or NumPy (any ``numbers.Real``) and for a 0-d integer or
     floating-point array or tensor; never for a bool. ``float(value)`` then works."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, np.timedelta64)):  # numpy registers timedelta64 as an integer type
         return False
     if isinstance(value, numbers.Real):
         return True

@@ -286,6 +286,8 @@ def test_zero_dim_arrays_and_tensors_are_numbers_and_flags():
         assert fx.polyline(np.eye(3), closed=closed).basis.shape == (4, 3)
     with pytest.raises(TypeError, match="closed must be True or False"):
         fx.polyline(np.eye(3), closed=2)
+    with pytest.raises(TypeError, match="sigma_w must be a real number"):
+        fx.random_mlp(2, 3, 2, sigma_w=np.timedelta64(1, "s"))
     with pytest.raises(ValueError, match="extent"):
         fx.region_map(net, np.zeros(2), np.eye(2)[0], np.eye(2)[1], 10 ** 400, 8)
     q, _ = theory.mean_field_layers("relu", (10,) + (100,) * 400, 4.0)  # the variance overflows: inf, no error
